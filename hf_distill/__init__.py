@@ -1,0 +1,22 @@
+"""hf-distill: knowledge distillation as a drop-in replacement for the Hugging Face `Trainer`."""
+
+__version__ = "0.1.0"
+
+from .args import DistillationArguments
+from .artifacts import DistillationRecord, load_distillation_config, load_training_history
+from .losses import attention_kl_loss, attention_mse_loss, hard_label_loss, soft_label_loss
+from .modeling import default_layer_map
+from .trainer import DistillationTrainer
+
+__all__ = [
+    "DistillationArguments",
+    "DistillationRecord",
+    "DistillationTrainer",
+    "attention_kl_loss",
+    "attention_mse_loss",
+    "default_layer_map",
+    "hard_label_loss",
+    "load_distillation_config",
+    "load_training_history",
+    "soft_label_loss",
+]

@@ -1,0 +1,109 @@
+"""`DistillationArguments`: `TrainingArguments` plus the distillation settings."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+
+from transformers import TrainingArguments
+
+__all__ = ["ATTENTION_LOSSES", "DistillationArguments"]
+
+ATTENTION_LOSSES = ("mse", "kl")
+
+
+@dataclass
+class DistillationArguments(TrainingArguments):
+    r"""
+    [`~transformers.TrainingArguments`] for [`DistillationTrainer`]. The total loss is
+
+        alpha * CE(student, labels) + beta * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + gamma * L_attn
+
+    Parameters:
+        temperature (`float`, *optional*, defaults to `4.0`):
+            Softmax temperature `T` of the soft-label term (Hinton et al., 2015). The KL term is multiplied by `T^2`.
+        alpha (`float`, *optional*, defaults to `0.1`):
+            Weight of the hard-label cross-entropy.
+        beta (`float`, *optional*, defaults to `0.5`):
+            Weight of the `T^2`-scaled soft-label KL divergence.
+        gamma (`float`, *optional*, defaults to `0.4`):
+            Weight of the self-attention distillation term. With `gamma=0` no attention maps are computed.
+        attention_loss (`str`, *optional*, defaults to `"mse"`):
+            `"mse"`: MSE between head-averaged attention maps (the lab notebook's loss; head counts may differ).
+            `"kl"`: KL divergence between per-head attention distributions, as in MiniLM (same head count).
+        layer_map (`list[int]`, *optional*):
+            For each student layer, the teacher layer whose attention it learns (0-indexed). Defaults to a uniform
+            map in which the last student layer matches the last teacher layer: 12 -> 6 gives [1, 3, 5, 7, 9, 11].
+
+    The lab notebook's nested formula `BETA * (ALPHA * CE + (1 - ALPHA) * KD) + GAMMA * attn` is reproduced by
+    `alpha = BETA * ALPHA`, `beta = BETA * (1 - ALPHA)`, `gamma = GAMMA` (0.05, 0.45, 0.4 for its 0.1/0.5/0.4).
+    """
+
+    temperature: float = field(
+        default=4.0,
+        metadata={"help": "Softmax temperature T of the soft-label term; the KL term is multiplied by T^2."},
+    )
+    alpha: float = field(default=0.1, metadata={"help": "Weight of the hard-label cross-entropy term."})
+    beta: float = field(default=0.5, metadata={"help": "Weight of the T^2-scaled soft-label KL term."})
+    gamma: float = field(
+        default=0.4,
+        metadata={"help": "Weight of the self-attention distillation term; 0 disables it (no attention maps)."},
+    )
+    attention_loss: str = field(
+        default="mse",
+        metadata={
+            "help": "Attention loss: 'mse' (head-averaged maps, head counts may differ) or 'kl' (MiniLM, per head).",
+            "choices": list(ATTENTION_LOSSES),
+        },
+    )
+    layer_map: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "Teacher layer (0-indexed) for each student layer, e.g. 1 3 5 7 9 11. Default: uniform map whose "
+            "last student layer matches the last teacher layer."
+        },
+    )
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        self._validate_distillation()
+
+    def _validate_distillation(self) -> None:
+        if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature):
+            raise ValueError(f"`temperature` must be a finite number > 0, got {self.temperature!r}. Try 4.0.")
+        if self.temperature <= 0:
+            raise ValueError(f"`temperature` must be > 0, got {self.temperature}. Try 4.0 (Hinton recommends 1-10).")
+        for name in ("alpha", "beta", "gamma"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
+                raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
+        if self.alpha == 0 and self.beta == 0 and self.gamma == 0:
+            raise ValueError(
+                "`alpha`, `beta` and `gamma` are all 0, so there is nothing to train on. Set at least one loss weight "
+                "> 0, e.g. alpha=0.1 beta=0.5 gamma=0.4."
+            )
+        if self.attention_loss not in ATTENTION_LOSSES:
+            raise ValueError(
+                f"`attention_loss` must be one of {', '.join(ATTENTION_LOSSES)}, got {self.attention_loss!r}."
+            )
+        if self.layer_map is not None:
+            if isinstance(self.layer_map, (str, bytes)) or not all(
+                isinstance(i, int) and not isinstance(i, bool) for i in self.layer_map
+            ):
+                raise ValueError(f"`layer_map` must be a list of integers, got {self.layer_map!r}.")
+            if len(self.layer_map) == 0 or any(i < 0 for i in self.layer_map):
+                raise ValueError(
+                    f"`layer_map` must list one teacher layer index >= 0 per student layer, got {self.layer_map!r}."
+                )
+            self.layer_map = list(self.layer_map)
+
+    def distillation_settings(self) -> dict:
+        """The distillation fields (not the generic training ones), as saved in `distillation_config.json`."""
+        return {
+            "temperature": self.temperature,
+            "alpha": self.alpha,
+            "beta": self.beta,
+            "gamma": self.gamma,
+            "attention_loss": self.attention_loss,
+            "layer_map": self.layer_map,
+        }

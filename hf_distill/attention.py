@@ -1,0 +1,102 @@
+"""Real, pre-dropout attention maps for the mapped layers, whatever attention kernel the model runs.
+
+With `sdpa` or flash attention (the transformers 5.x defaults) `output_attentions=True` returns nothing, and in
+training mode eager attention returns maps after dropout. Instead we hook the query and key projections of the
+mapped layers only and recompute `softmax(Q K^T * scaling + padding mask)` in float32. The model itself still runs
+its fast kernel; memory grows with the number of mapped layers, not with the model's depth.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+
+import torch
+from torch import nn
+
+from .modeling import SelfAttentionSpec, self_attention_spec
+
+__all__ = ["AttentionRecorder"]
+
+
+class AttentionRecorder:
+    """Records query/key projections of chosen layers during a forward pass and turns them into attention maps.
+
+    Args:
+        model (`nn.Module`): a transformers model (unwrapped).
+        layer_indices (`Sequence[int]`): the blocks whose attention maps are wanted, in the order they are returned.
+
+    >>> recorder = AttentionRecorder(model, [1, 3])  # doctest: +SKIP
+    >>> with recorder.recording():  # doctest: +SKIP
+    ...     model(**batch)
+    >>> maps = recorder.attention_maps(batch["attention_mask"])  # list of (B, H, T, T) float32  # doctest: +SKIP
+    """
+
+    def __init__(self, model: nn.Module, layer_indices: Sequence[int]) -> None:
+        self.layer_indices = list(layer_indices)
+        self.specs: list[SelfAttentionSpec] = [self_attention_spec(model, i) for i in self.layer_indices]
+        self._active = False
+        self._queries: dict[int, torch.Tensor] = {}
+        self._keys: dict[int, torch.Tensor] = {}
+        self._handles = []
+        for slot, spec in enumerate(self.specs):
+            self._handles.append(spec.query.register_forward_hook(self._store(self._queries, slot)))
+            self._handles.append(spec.key.register_forward_hook(self._store(self._keys, slot)))
+
+    @property
+    def num_heads(self) -> list[int]:
+        return [spec.num_heads for spec in self.specs]
+
+    def _store(self, store: dict[int, torch.Tensor], slot: int):
+        def hook(module: nn.Module, args, output: torch.Tensor) -> None:
+            if self._active:
+                store[slot] = output
+
+        return hook
+
+    @contextmanager
+    def recording(self) -> Iterator[AttentionRecorder]:
+        """Capture projections during the forward passes run inside this block."""
+        self._queries.clear()
+        self._keys.clear()
+        self._active = True
+        try:
+            yield self
+        finally:
+            self._active = False
+
+    def attention_maps(self, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
+        """Attention probabilities of the recorded layers, each `(B, H, T, T)` in float32, padded keys at 0.
+
+        Raises:
+            `RuntimeError` if a mapped layer did not run, so the attention term can never be silently zero.
+        """
+        missing = [self.layer_indices[s] for s in range(len(self.specs)) if s not in self._queries]
+        if missing or len(self._keys) != len(self.specs):
+            raise RuntimeError(
+                f"no attention projections were captured for layers {missing or self.layer_indices}: the forward "
+                "pass did not run them (early exit, layer drop, or a model that bypasses its q/k projections)."
+            )
+        maps = [self._probabilities(s, spec, attention_mask) for s, spec in enumerate(self.specs)]
+        self._queries.clear()
+        self._keys.clear()
+        return maps
+
+    def _probabilities(
+        self, slot: int, spec: SelfAttentionSpec, attention_mask: torch.Tensor | None
+    ) -> torch.Tensor:
+        query, key = self._queries[slot], self._keys[slot]
+        batch, length, _ = query.shape
+        q = query.float().view(batch, length, spec.num_heads, spec.head_dim).transpose(1, 2)  # (B, H, T, D)
+        k = key.float().view(batch, length, spec.num_heads, spec.head_dim).transpose(1, 2)  # (B, H, T, D)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * spec.scaling  # (B, H, T, T)
+        if attention_mask is not None:
+            padded_keys = ~attention_mask.to(scores.device).bool()[:, None, None, :]  # (B, 1, 1, T)
+            scores = scores.masked_fill(padded_keys, torch.finfo(scores.dtype).min)
+        return scores.softmax(dim=-1)
+
+    def remove(self) -> None:
+        """Remove the hooks from the model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()

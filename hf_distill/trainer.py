@@ -1,0 +1,364 @@
+"""`DistillationTrainer`: a drop-in `Trainer` that distils a frozen teacher into the model being trained."""
+
+from __future__ import annotations
+
+import contextlib
+import inspect
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from transformers import PreTrainedModel, Trainer
+from transformers.trainer_utils import get_last_checkpoint
+
+from . import losses
+from .args import DistillationArguments
+from .artifacts import CONFIG_NAME, DistillationRecord, library_versions, write_artifacts
+from .attention import AttentionRecorder
+from .modeling import count_parameters, default_layer_map, num_layers
+
+__all__ = ["DistillationTrainer", "load_teacher"]
+
+logger = logging.getLogger(__name__)
+
+_TERMS = ("loss_ce", "loss_kd", "loss_attn")
+_AUTO_CLASS_BY_SUFFIX = (
+    ("ForSequenceClassification", "AutoModelForSequenceClassification"),
+    ("ForTokenClassification", "AutoModelForTokenClassification"),
+    ("ForQuestionAnswering", "AutoModelForQuestionAnswering"),
+    ("ForMaskedLM", "AutoModelForMaskedLM"),
+    ("ForCausalLM", "AutoModelForCausalLM"),
+    ("LMHeadModel", "AutoModelForCausalLM"),
+)
+
+
+def load_teacher(name_or_path: str, like: nn.Module, trust_remote_code: bool = False) -> PreTrainedModel:
+    """Load a teacher for the same task as the student `like`, preferring safetensors, remote code off."""
+    import transformers
+
+    auto_name = next((auto for suffix, auto in _AUTO_CLASS_BY_SUFFIX if type(like).__name__.endswith(suffix)), None)
+    if auto_name is None:
+        raise ValueError(
+            f"cannot tell which task head to load the teacher {name_or_path!r} with for a student of class "
+            f"{type(like).__name__}; load the teacher yourself and pass the model as `teacher_model`."
+        )
+    return getattr(transformers, auto_name).from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+
+
+def _batch_size(batch: dict[str, Any]) -> int:
+    for value in batch.values():
+        if torch.is_tensor(value) and value.dim() > 0:
+            return value.shape[0]
+    raise ValueError("cannot tell the batch size: the batch holds no tensors.")
+
+
+class DistillationTrainer(Trainer):
+    """[`~transformers.Trainer`] that trains `model` (the student) to match a frozen `teacher_model`.
+
+    The loss, its terms and their weights are described in [`DistillationArguments`] and `hf_distill.losses`.
+    Everything else (callbacks, mixed precision, gradient accumulation, checkpoints, `evaluate`, `predict`,
+    `push_to_hub`) works as with `Trainer`.
+
+    Args:
+        model (`PreTrainedModel`): the student.
+        teacher_model (`PreTrainedModel` or `str`): the teacher, or a path / Hub id loaded with the student's task
+            head. It is moved to the student's device, put in `eval()`, frozen and never wrapped for data parallelism.
+        args (`DistillationArguments`): training and distillation settings.
+        **kwargs: every other `Trainer` argument (`train_dataset`, `eval_dataset`, `processing_class`, ...).
+
+    >>> trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train)  # doctest: +SKIP
+    >>> trainer.train()  # doctest: +SKIP
+    """
+
+    # compute_loss normalises by the number of examples in the whole accumulated (and distributed) batch.
+    loss_is_scaled_for_ga = True
+
+    def __init__(
+        self,
+        model: PreTrainedModel | None = None,
+        teacher_model: PreTrainedModel | str | None = None,
+        args: DistillationArguments | None = None,
+        **kwargs: Any,
+    ) -> None:
+        if model is None:
+            raise ValueError("`model` (the student) is required; `model_init` is not supported for distillation.")
+        if teacher_model is None:
+            raise ValueError("`teacher_model` is required: pass the teacher model or its path / Hub id.")
+        if args is None:
+            args = DistillationArguments(output_dir="trainer_output")
+        if not isinstance(args, DistillationArguments):
+            raise TypeError(
+                f"`args` must be a DistillationArguments, got {type(args).__name__}. Replace TrainingArguments(...) "
+                "with DistillationArguments(...); it accepts the same fields plus temperature, alpha, beta, gamma."
+            )
+        self.teacher_name_or_path = teacher_model if isinstance(teacher_model, str) else _name_of(teacher_model)
+        if isinstance(teacher_model, str):
+            teacher_model = load_teacher(teacher_model, like=model)
+        if teacher_model is model:
+            raise ValueError("`teacher_model` is the same object as `model`: pass a separate (frozen) teacher.")
+        self.layer_map = _check_pair(model, teacher_model, args)
+
+        super().__init__(model=model, args=args, **kwargs)
+
+        self.teacher_model = self._prepare_teacher(teacher_model)
+        self._teacher_input_names = set(inspect.signature(self.teacher_model.forward).parameters) - {"labels"}
+        self._student_recorder = self._teacher_recorder = None
+        if args.gamma > 0:
+            self._student_recorder = AttentionRecorder(model, list(range(len(self.layer_map))))
+            self._teacher_recorder = AttentionRecorder(self.teacher_model, self.layer_map)
+            _check_heads(args, self._student_recorder, self._teacher_recorder)
+        self._term_sums: dict[str, dict[str, list[torch.Tensor]]] = {"train": {}, "eval": {}}
+        self._teacher_num_parameters = count_parameters(self.teacher_model)
+        self._prior_training_seconds = 0.0
+        self._train_started: float | None = None
+        self._train_finished: float | None = None
+
+    # ---- teacher ---------------------------------------------------------------------------------------------
+
+    def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
+        teacher.requires_grad_(False)
+        teacher.eval()
+        if not self.is_model_parallel:
+            teacher.to(self.args.device)
+        return teacher
+
+    @torch.no_grad()
+    def _teacher_forward(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+        if self.teacher_model.training:  # someone called .train() on it: dropout must stay off
+            self.teacher_model.eval()
+        teacher_inputs = {k: v for k, v in inputs.items() if k in self._teacher_input_names}
+        recording = self._teacher_recorder.recording() if self._teacher_recorder else contextlib.nullcontext()
+        with recording:
+            outputs = self.teacher_model(**teacher_inputs)
+        maps = self._teacher_recorder.attention_maps(inputs.get("attention_mask")) if self._teacher_recorder else None
+        return outputs.logits, maps
+
+    # ---- loss ------------------------------------------------------------------------------------------------
+
+    def compute_loss(
+        self,
+        model: nn.Module,
+        inputs: dict[str, Any],
+        return_outputs: bool = False,
+        num_items_in_batch: torch.Tensor | int | None = None,
+    ) -> torch.Tensor | tuple[torch.Tensor, Any]:
+        """`alpha * CE + beta * T^2 * KL + gamma * L_attn`, normalised by the examples in the accumulated batch.
+
+        In training, `num_items_in_batch` (the examples in the whole accumulated, all-process batch, counted by
+        `get_batch_samples`) divides the summed per-example loss, so accumulation and data parallelism are exact.
+        In evaluation the returned loss is the task cross-entropy, comparable with plain fine-tuning; the
+        distillation terms are reported as `eval_loss_ce`, `eval_loss_kd`, `eval_loss_attn`.
+        """
+        args = self.args
+        mode = "train" if model.training else "eval"
+        labels = inputs.get("labels")
+        attention_mask = inputs.get("attention_mask")
+        student_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+
+        recording = self._student_recorder.recording() if self._student_recorder else contextlib.nullcontext()
+        with recording:
+            outputs = model(**student_inputs)
+        student_maps = self._student_recorder.attention_maps(attention_mask) if self._student_recorder else None
+        need_teacher = args.beta > 0 or args.gamma > 0
+        teacher_logits, teacher_maps = self._teacher_forward(inputs) if need_teacher else (None, None)
+
+        logits = outputs.logits
+        total = torch.zeros(logits.shape[0], device=logits.device, dtype=torch.float32)  # (B,) per example
+        terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        if labels is not None:
+            ce = losses.hard_label_loss(logits, labels, reduction="none")
+            terms["loss_ce"] = (ce.sum(), labels.ne(losses.IGNORE_INDEX).sum())
+            if args.alpha > 0:
+                total = total + args.alpha * ce
+        elif args.alpha > 0 and mode == "train":
+            raise ValueError(
+                f"alpha={args.alpha} weights the hard-label loss, but the batch has no `labels`. Add a label column "
+                "(named 'label' or 'labels') to the dataset, or set alpha=0 to distil from the teacher alone."
+            )
+        if teacher_logits is not None:
+            kd = losses.soft_label_loss(logits, teacher_logits, args.temperature, reduction="none")
+            terms["loss_kd"] = (kd.sum(), torch.tensor(kd.numel(), device=kd.device))
+            if args.beta > 0:
+                total = total + args.beta * kd
+        if student_maps is not None:
+            attention_fn = losses.attention_kl_loss if args.attention_loss == "kl" else losses.attention_mse_loss
+            per_layer = [attention_fn(s, t, attention_mask, reduction="none") for s, t in zip(student_maps, teacher_maps)]
+            attn = torch.stack(per_layer).mean(dim=0)  # (B,) averaged over mapped layers
+            terms["loss_attn"] = (attn.sum(), torch.tensor(attn.numel(), device=attn.device))
+            total = total + args.gamma * attn
+        self._accumulate(mode, terms)
+
+        if mode == "train" and num_items_in_batch is not None:
+            loss = total.sum() / num_items_in_batch
+            if args.average_tokens_across_devices and args.world_size > 1:
+                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        elif mode == "eval" and "loss_ce" in terms:
+            loss = terms["loss_ce"][0] / terms["loss_ce"][1].clamp_min(1)  # task loss, comparable with fine-tuning
+        else:
+            loss = total.mean()
+        return (loss, outputs) if return_outputs else loss
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
+        """Fetch the batches of one optimizer step and count their examples across all processes."""
+        batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
+        count = torch.tensor(sum(_batch_size(b) for b in batch_samples), device=device)
+        if self.args.average_tokens_across_devices and self.args.world_size > 1:
+            count = self.accelerator.gather(count).sum()
+        return batch_samples, count
+
+    # ---- per-term metrics ------------------------------------------------------------------------------------
+
+    def _accumulate(self, mode: str, terms: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        sums = self._term_sums[mode]
+        for name, (total, count) in terms.items():
+            total, count = total.detach().float(), count.detach().float()
+            if name in sums:
+                sums[name][0] += total
+                sums[name][1] += count
+            else:
+                sums[name] = [total.clone(), count.clone()]
+
+    def _pop_term_means(self, mode: str) -> dict[str, float]:
+        """Average each term over the examples seen since the last call, across all processes."""
+        sums = self._term_sums[mode]
+        means = {}
+        for name in _TERMS:
+            if name not in sums:
+                continue
+            pair = torch.stack(sums[name]).to(self.args.device)
+            if self.args.world_size > 1:
+                pair = self.accelerator.reduce(pair, reduction="sum")
+            means[name] = (pair[0] / pair[1].clamp_min(1)).item()
+        sums.clear()
+        return means
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        if "loss" in logs:  # a training log: add the terms averaged over the logging window
+            logs.update(self._pop_term_means("train"))
+        super().log(logs, start_time)
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix: str = "eval"):  # fmt: skip
+        self._term_sums["eval"].clear()
+        output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
+        means = self._pop_term_means("eval")
+        for name, value in means.items():
+            output.metrics[f"{metric_key_prefix}_{name}"] = value
+        if means:
+            weights = {"loss_ce": self.args.alpha, "loss_kd": self.args.beta, "loss_attn": self.args.gamma}
+            output.metrics[f"{metric_key_prefix}_distillation_loss"] = sum(weights[k] * v for k, v in means.items())
+        return output
+
+    # ---- artifacts -------------------------------------------------------------------------------------------
+
+    def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        self._prior_training_seconds = _recorded_training_seconds(resume_from_checkpoint, self.args.output_dir)
+        self._train_started, self._train_finished = time.monotonic(), None
+        try:
+            return super().train(resume_from_checkpoint, *args, **kwargs)
+        finally:
+            self._train_finished = time.monotonic()
+
+    def distillation_record(self) -> DistillationRecord:
+        """The run's lineage and settings, as written to `distillation_config.json`."""
+        args, student = self.args, self.accelerator.unwrap_model(self.model)
+        student_params = count_parameters(student)
+        elapsed = 0.0
+        if self._train_started is not None:
+            elapsed = (self._train_finished or time.monotonic()) - self._train_started
+        return DistillationRecord(
+            teacher_model=self.teacher_name_or_path,
+            teacher_architecture=type(self.teacher_model).__name__,
+            student_architecture=type(student).__name__,
+            teacher_num_parameters=self._teacher_num_parameters,
+            student_num_parameters=student_params,
+            teacher_num_layers=num_layers(self.teacher_model),
+            student_num_layers=num_layers(student),
+            compression_ratio=round(self._teacher_num_parameters / student_params, 4),
+            student_layers_from_teacher=getattr(student.config, "distillation_teacher_layers", None),
+            **args.distillation_settings() | {"layer_map": self.layer_map},
+            learning_rate=args.learning_rate,
+            per_device_train_batch_size=args.per_device_train_batch_size,
+            gradient_accumulation_steps=args.gradient_accumulation_steps,
+            total_train_batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps
+            * max(1, args.world_size),
+            num_train_epochs=args.num_train_epochs,
+            max_steps=args.max_steps,
+            seed=args.seed,
+            global_step=self.state.global_step,
+            metric_for_best_model=args.metric_for_best_model,
+            best_metric=self.state.best_metric,
+            best_model_checkpoint=self.state.best_model_checkpoint,
+            training_time_seconds=round(self._prior_training_seconds + elapsed, 3),
+            versions=library_versions(),
+        )
+
+    def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
+        super()._save(output_dir, state_dict)
+        if self.args.should_save:
+            write_artifacts(output_dir or self.args.output_dir, self.distillation_record(), self.state.log_history)
+
+
+def _name_of(model: nn.Module) -> str | None:
+    config = getattr(model, "config", None)
+    return getattr(config, "_name_or_path", None) or None
+
+
+def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArguments) -> list[int]:
+    """Validate teacher against student before any work is done; return the resolved layer map."""
+    s_config, t_config = getattr(student, "config", None), getattr(teacher, "config", None)
+    s_labels, t_labels = getattr(s_config, "num_labels", None), getattr(t_config, "num_labels", None)
+    if s_labels is not None and t_labels is not None and s_labels != t_labels:
+        raise ValueError(
+            f"teacher has num_labels={t_labels} but the student has num_labels={s_labels}: they must predict the "
+            "same label set. Build the student with the teacher's num_labels, id2label and label2id."
+        )
+    s_vocab, t_vocab = getattr(s_config, "vocab_size", None), getattr(t_config, "vocab_size", None)
+    if s_vocab is not None and t_vocab is not None and s_vocab != t_vocab:
+        raise ValueError(
+            f"teacher vocab_size={t_vocab} differs from student vocab_size={s_vocab}: both models read the same "
+            "input_ids, so they need the same tokenizer. Build the student from the teacher (build_student)."
+        )
+    student_layers, teacher_layers = num_layers(student), num_layers(teacher)
+    layer_map = args.layer_map if args.layer_map is not None else default_layer_map(student_layers, teacher_layers)
+    if len(layer_map) != student_layers:
+        raise ValueError(
+            f"`layer_map` has {len(layer_map)} entries but the student has {student_layers} layers: give one "
+            f"teacher layer per student layer, e.g. {default_layer_map(student_layers, teacher_layers)}."
+        )
+    out_of_range = [i for i in layer_map if not 0 <= i < teacher_layers]
+    if out_of_range:
+        raise ValueError(
+            f"`layer_map` {layer_map} names teacher layers {out_of_range}, but the teacher has {teacher_layers} "
+            f"layers (valid indices 0..{teacher_layers - 1})."
+        )
+    return list(layer_map)
+
+
+def _check_heads(args: DistillationArguments, student: AttentionRecorder, teacher: AttentionRecorder) -> None:
+    if args.attention_loss != "kl":
+        return
+    for s_layer, (s_heads, t_heads) in enumerate(zip(student.num_heads, teacher.num_heads)):
+        if s_heads != t_heads:
+            raise ValueError(
+                f"attention_loss='kl' compares heads one to one, but student layer {s_layer} has {s_heads} heads and "
+                f"teacher layer {teacher.layer_indices[s_layer]} has {t_heads}. Use attention_loss='mse'."
+            )
+
+
+def _recorded_training_seconds(resume_from_checkpoint: str | bool | None, output_dir: str) -> float:
+    """Training time already spent before the checkpoint we resume from (0 for a fresh run)."""
+    if resume_from_checkpoint is True:
+        resume_from_checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
+    if not resume_from_checkpoint:
+        return 0.0
+    file = Path(resume_from_checkpoint) / CONFIG_NAME
+    try:
+        return float(json.loads(file.read_text(encoding="utf-8")).get("training_time_seconds") or 0.0)
+    except (OSError, ValueError):
+        return 0.0

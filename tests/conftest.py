@@ -1,0 +1,67 @@
+"""Tiny BERT-family models and data built in code (no Hub), shared by the tests."""
+
+from __future__ import annotations
+
+import random
+
+import pytest
+import torch
+from datasets import Dataset
+from transformers import BertConfig, BertForSequenceClassification
+
+VOCAB_SIZE = 64
+
+
+def tiny_bert(num_layers: int = 4, hidden: int = 32, heads: int = 4, seed: int = 0, **overrides):
+    """A randomly initialised BertForSequenceClassification; default attention implementation (sdpa)."""
+    torch.manual_seed(seed)
+    config = BertConfig(
+        vocab_size=VOCAB_SIZE,
+        hidden_size=hidden,
+        num_hidden_layers=num_layers,
+        num_attention_heads=heads,
+        intermediate_size=hidden * 2,
+        max_position_embeddings=64,
+        num_labels=2,
+        **overrides,
+    )
+    return BertForSequenceClassification(config)
+
+
+def random_rows(n: int, seed: int = 0, min_len: int = 3, max_len: int = 12) -> dict[str, list]:
+    rng = random.Random(seed)
+    ids, labels = [], []
+    for _ in range(n):
+        length = rng.randint(min_len, max_len)
+        ids.append([2] + [rng.randint(5, VOCAB_SIZE - 1) for _ in range(length - 2)] + [3])
+        labels.append(int(sum(ids[-1]) % 2))
+    return {"input_ids": ids, "label": labels}
+
+
+def pad_collator(features: list[dict]) -> dict[str, torch.Tensor]:
+    """Dynamic padding to the longest row, like DataCollatorWithPadding, without a tokenizer."""
+    length = max(len(f["input_ids"]) for f in features)
+    batch = {
+        "input_ids": torch.tensor([f["input_ids"] + [0] * (length - len(f["input_ids"])) for f in features]),
+        "attention_mask": torch.tensor(
+            [[1] * len(f["input_ids"]) + [0] * (length - len(f["input_ids"])) for f in features]
+        ),
+    }
+    if "label" in features[0]:
+        batch["labels"] = torch.tensor([f["label"] for f in features])
+    return batch
+
+
+@pytest.fixture
+def teacher():
+    return tiny_bert(num_layers=4, seed=1)
+
+
+@pytest.fixture
+def student():
+    return tiny_bert(num_layers=2, seed=2)
+
+
+@pytest.fixture
+def dataset():
+    return Dataset.from_dict(random_rows(32, seed=3))
