@@ -229,3 +229,11 @@ def test_teacher_is_kept_in_eval_mode(tmp_path):
     teacher.train()  # a user mistake: dropout would make the targets noisy
     trainer.train()
     assert not teacher.training
+
+
+def test_predict_reports_the_terms_under_the_test_prefix(tmp_path):
+    data = Dataset.from_dict(random_rows(12, seed=4))
+    trainer = make_trainer(tmp_path, tiny_bert(4, seed=1), tiny_bert(2, seed=2), data)
+    output = trainer.predict(data)
+    assert output.predictions.shape == (12, 2)
+    assert {"test_loss", "test_loss_ce", "test_loss_kd", "test_loss_attn"} <= set(output.metrics)
