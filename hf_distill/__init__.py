@@ -6,6 +6,7 @@ from .args import DistillationArguments
 from .artifacts import DistillationRecord, load_distillation_config, load_training_history
 from .losses import attention_kl_loss, attention_mse_loss, hard_label_loss, soft_label_loss
 from .modeling import default_layer_map
+from .student import build_student
 from .trainer import DistillationTrainer
 
 __all__ = [
@@ -14,6 +15,7 @@ __all__ = [
     "DistillationTrainer",
     "attention_kl_loss",
     "attention_mse_loss",
+    "build_student",
     "default_layer_map",
     "hard_label_loss",
     "load_distillation_config",
