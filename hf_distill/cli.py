@@ -1,0 +1,237 @@
+"""The `hf-distill` command: teacher + data in, distilled student + comparison report out.
+
+    hf-distill --teacher_model_name_or_path TEACHER --student_num_layers 6 \\
+        --train_file train.tsv --validation_file dev.tsv --output_dir out --num_train_epochs 3
+    hf-distill config.yaml          # the same options as one JSON or YAML file
+
+It checks every input before any work, evaluates the teacher and the freshly built student, distils with
+`DistillationTrainer`, evaluates the student again, and writes the model, tokenizer, `distillation_config.json`,
+`training_history.json`, `report.json`, `report.md` and `training_curves.png` into `--output_dir`.
+An `--output_dir` holding a run is resumed from its last checkpoint when the distillation settings match, and
+refused otherwise (unless `--overwrite_output_dir`).
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import re
+import shutil
+import sys
+import types
+import typing
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from transformers import HfArgumentParser
+
+from .args import DistillationArguments
+from .artifacts import CONFIG_NAME
+from .data import DataArguments
+
+__all__ = ["ModelArguments", "RunArguments", "main", "parse_args", "run_distillation"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class ModelArguments:
+    """The teacher, and the student: loaded from a path or built from the teacher's layers."""
+
+    teacher_model_name_or_path: str = field(
+        metadata={"help": "The teacher: a path or Hub id of a model fine-tuned for the task (a sequence classifier)."}
+    )
+    student_model_name_or_path: str | None = field(
+        default=None, metadata={"help": "A ready student (path or Hub id). Or build one with --student_num_layers."}
+    )
+    student_num_layers: int | None = field(
+        default=None, metadata={"help": "Build the student from this many teacher layers (hf_distill.build_student)."}
+    )
+    student_layers: list[int] | None = field(
+        default=None,
+        metadata={"help": "Teacher layers to copy into the student, e.g. 0 2 4 7 9 11. Default: an even spread "
+                  "that keeps the last layer."},
+    )  # fmt: skip
+    tokenizer_name: str | None = field(
+        default=None, metadata={"help": "Tokenizer path or Hub id; defaults to the teacher's."}
+    )
+    trust_remote_code: bool = field(
+        default=False, metadata={"help": "Allow models with custom code from their repository (off: safer)."}
+    )
+
+    def __post_init__(self) -> None:
+        if self.student_layers is not None and self.student_num_layers is None:
+            self.student_num_layers = len(self.student_layers)
+        if (self.student_model_name_or_path is None) == (self.student_num_layers is None):
+            raise ValueError(
+                "give exactly one student: --student_model_name_or_path PATH, or --student_num_layers N to build it "
+                f"from the teacher (got student_model_name_or_path={self.student_model_name_or_path!r}, "
+                f"student_num_layers={self.student_num_layers!r})."
+            )
+
+
+@dataclass
+class RunArguments:
+    """What the command does around training."""
+
+    overwrite_output_dir: bool = field(
+        default=False,
+        metadata={"help": "Start afresh in a --output_dir that holds a run (its checkpoint-* folders are deleted) "
+                  "instead of resuming it."},
+    )  # fmt: skip
+    latency_samples: int = field(
+        default=32, metadata={"help": "Single examples timed for the batch-size-1 latency in the report (0: skip)."}
+    )
+
+
+_DATACLASSES = (ModelArguments, DataArguments, RunArguments, DistillationArguments)
+
+
+# ---- arguments ---------------------------------------------------------------------------------------------------
+
+
+def _numeric_type(annotation) -> type | None:
+    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
+    options = [o for o in options if o is not type(None)]
+    return options[0] if len(options) == 1 and options[0] in (int, float) else None
+
+
+def _read_config_file(path: str) -> dict:
+    """A JSON/YAML file as a dict, unknown keys refused (with the closest known names), numbers from strings."""
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"config file {path!r}: no such file.")
+    text = Path(path).read_text(encoding="utf-8")
+    if path.endswith(".json"):
+        data = json.loads(text)
+    else:
+        import yaml
+
+        data = yaml.safe_load(text)  # plain data only: nothing in the file is executed
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {path!r} must hold a mapping of option names to values.")
+    hints = {}
+    for cls in _DATACLASSES:
+        names = {f.name for f in fields(cls) if f.init}
+        hints.update({k: v for k, v in typing.get_type_hints(cls).items() if k in names})
+    unknown = [key for key in data if key not in hints]
+    if unknown:
+        hints_text = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, list(hints), n=1)
+            hints_text.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        raise ValueError(
+            f"config file {path!r} has unknown option(s): {', '.join(hints_text)}. Options are the command-line "
+            "flags without the leading '--' (see hf-distill --help)."
+        )
+    for key, value in data.items():
+        kind = _numeric_type(hints[key])
+        if kind is not None and isinstance(value, str):  # YAML reads 2e-5 as a string
+            try:
+                data[key] = kind(float(value)) if kind is int and float(value).is_integer() else kind(value)
+            except ValueError as error:
+                raise ValueError(f"config file {path!r}: {key}={value!r} is not a number.") from error
+    return data
+
+
+def parse_args(argv: list[str] | None = None):
+    """`(ModelArguments, DataArguments, RunArguments, DistillationArguments)` from the command line or one file."""
+    parser = HfArgumentParser(_DATACLASSES)
+    argv = sys.argv[1:] if argv is None else argv
+    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
+        return parser.parse_dict(_read_config_file(argv[0]))
+    return parser.parse_args_into_dataclasses(args=argv)
+
+
+# ---- output directory ----------------------------------------------------------------------------------------------
+
+_CHECKPOINT = re.compile(r"^checkpoint-\d+$")
+
+
+def _checkpoints(output_dir: Path) -> list[Path]:
+    if not output_dir.is_dir():
+        return []
+    return [p for p in output_dir.iterdir() if p.is_dir() and _CHECKPOINT.match(p.name)]
+
+
+def check_output_dir(output_dir: str, overwrite: bool, resume_from_checkpoint: str | None) -> str | None:
+    """The checkpoint to resume from (`None`: a fresh run); refuses a non-empty folder that cannot be resumed."""
+    from transformers.trainer_utils import get_last_checkpoint
+
+    if resume_from_checkpoint and overwrite:
+        raise ValueError(
+            f"--resume_from_checkpoint={resume_from_checkpoint!r} and --overwrite_output_dir contradict each other: "
+            "drop one."
+        )
+    if resume_from_checkpoint:
+        if not (Path(resume_from_checkpoint) / CONFIG_NAME).is_file():
+            raise FileNotFoundError(
+                f"--resume_from_checkpoint={resume_from_checkpoint!r} has no {CONFIG_NAME}: not a checkpoint of a "
+                "hf-distill run."
+            )
+        return resume_from_checkpoint
+    path = Path(output_dir)
+    if overwrite or not path.is_dir() or not any(path.iterdir()):
+        return None
+    last = get_last_checkpoint(str(path))
+    if last is None or not (Path(last) / CONFIG_NAME).is_file():
+        raise ValueError(
+            f"--output_dir={output_dir!r} already exists, is not empty, and holds no hf-distill checkpoint to resume "
+            "from. Pass --overwrite_output_dir to write over it, or choose another --output_dir."
+        )
+    return last
+
+
+def check_resumable(checkpoint: str, expected: dict) -> None:
+    """Refuse to resume `checkpoint` when its recorded distillation settings differ from `expected`."""
+    recorded = json.loads((Path(checkpoint) / CONFIG_NAME).read_text(encoding="utf-8"))
+    differences = []
+    for key, value in expected.items():
+        old = recorded.get(key)
+        if key == "teacher_model" and old and value and os.path.realpath(old) == os.path.realpath(value):
+            continue
+        if old != value:
+            differences.append(f"{key}: checkpoint {old!r}, now {value!r}")
+    if differences:
+        raise ValueError(
+            f"cannot resume from {checkpoint}: its distillation settings differ from this run's "
+            f"({'; '.join(differences)}). Rerun with the checkpoint's settings to resume, pass "
+            "--overwrite_output_dir to start afresh, or choose another --output_dir."
+        )
+
+
+def remove_checkpoints(output_dir: str) -> None:
+    for checkpoint in _checkpoints(Path(output_dir)):
+        logger.warning("--overwrite_output_dir: deleting the previous run's %s", checkpoint)
+        shutil.rmtree(checkpoint)
+
+
+# ---- the run -------------------------------------------------------------------------------------------------------
+
+
+def run_distillation(model_args, data_args, run_args, training_args, notes=None, data_description=None) -> dict:
+    """Check, evaluate, distil, evaluate, save, report. Returns the report (also in `report.json`)."""
+    from .workflow import execute_run, prepare_run
+
+    run = prepare_run(model_args, data_args, run_args, training_args, data_description=data_description)
+    return execute_run(run, notes=notes)
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Entry point of the `hf-distill` console script and of `python -m hf_distill`."""
+    logging.basicConfig(format="%(asctime)s %(levelname)s %(name)s: %(message)s", level=logging.WARNING)
+    logging.getLogger("hf_distill").setLevel(logging.INFO)
+    try:
+        model_args, data_args, run_args, training_args = parse_args(argv)
+        from .workflow import prepare_run
+
+        run = prepare_run(model_args, data_args, run_args, training_args)
+    except (ValueError, FileNotFoundError) as error:  # bad input: say what and how to fix it, no traceback
+        print(f"hf-distill: error: {error}", file=sys.stderr)
+        return 2
+    from .report import render_markdown
+    from .workflow import execute_run
+
+    print(render_markdown(execute_run(run)), end="")
+    return 0

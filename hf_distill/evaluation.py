@@ -1,0 +1,198 @@
+"""Classification metrics and a timed evaluation pass, shared by the `hf-distill` command and the demo.
+
+Metrics come from `evaluate` (`accuracy`, and `f1` for binary tasks). `evaluate.load` fetches its metric scripts
+from the Hugging Face Hub; where the Hub cannot be reached, the same definitions implemented here are used
+instead and the log says so once.
+"""
+
+from __future__ import annotations
+
+import logging
+import statistics
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader
+
+__all__ = ["EvaluationResult", "accuracy", "binary_f1", "evaluate_classifier", "load_metrics", "metrics_function"]
+
+logger = logging.getLogger(__name__)
+
+_HUB_METRICS: dict[str, object | None] = {}  # name -> evaluate module, or None when it could not be loaded
+_FALLBACK_ANNOUNCED = False
+
+
+def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """Fraction of predictions equal to the reference (the definition of `evaluate`'s `accuracy`)."""
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    if predictions.shape != references.shape or predictions.size == 0:
+        raise ValueError(
+            f"need as many predictions as references (> 0), got {predictions.size} and {references.size}."
+        )
+    return float((predictions == references).mean())
+
+
+def binary_f1(predictions: Sequence[int], references: Sequence[int], pos_label: int = 1) -> float:
+    """F1 of the positive class (`evaluate`'s `f1` with its default `average="binary"`); 0.0 when undefined."""
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    true_pos = int(((predictions == pos_label) & (references == pos_label)).sum())
+    false_pos = int(((predictions == pos_label) & (references != pos_label)).sum())
+    false_neg = int(((predictions != pos_label) & (references == pos_label)).sum())
+    denominator = 2 * true_pos + false_pos + false_neg
+    return 2 * true_pos / denominator if denominator else 0.0
+
+
+def _hub_metric(name: str):
+    global _FALLBACK_ANNOUNCED
+    if name not in _HUB_METRICS:
+        try:
+            import evaluate
+
+            _HUB_METRICS[name] = evaluate.load(name)
+        except Exception as error:  # no Hub access, no cached script: fall back to our own definition
+            _HUB_METRICS[name] = None
+            if not _FALLBACK_ANNOUNCED:
+                _FALLBACK_ANNOUNCED = True
+                logger.warning(
+                    "evaluate.load(%r) failed (%s: %s); the Hub is probably unreachable. Using hf_distill's own "
+                    "accuracy/F1, which follow the same definitions.",
+                    name,
+                    type(error).__name__,
+                    str(error).splitlines()[0][:200] if str(error) else "",
+                )
+    return _HUB_METRICS[name]
+
+
+def load_metrics(num_labels: int) -> dict[str, Callable[[Sequence[int], Sequence[int]], float]]:
+    """`{"accuracy": fn}` plus `"f1"` when `num_labels == 2`; each `fn(predictions, references) -> float`."""
+    names = ["accuracy"] + (["f1"] if num_labels == 2 else [])
+    fallbacks = {"accuracy": accuracy, "f1": binary_f1}
+    metrics = {}
+    for name in names:
+        module = _hub_metric(name)
+        if module is None:
+            metrics[name] = fallbacks[name]
+        else:
+            metrics[name] = _wrap(module, name)
+    return metrics
+
+
+def _wrap(module, name: str) -> Callable[[Sequence[int], Sequence[int]], float]:
+    def compute(predictions, references) -> float:
+        return float(module.compute(predictions=predictions, references=references)[name])
+
+    return compute
+
+
+def metrics_function(num_labels: int) -> Callable:
+    """A `compute_metrics` for `Trainer`: argmax of the logits, then the metrics of `load_metrics`."""
+    metrics = load_metrics(num_labels)
+
+    def compute_metrics(eval_prediction) -> dict[str, float]:
+        logits = eval_prediction.predictions
+        logits = logits[0] if isinstance(logits, tuple) else logits
+        predictions = np.asarray(logits).argmax(axis=-1)
+        references = np.asarray(eval_prediction.label_ids)
+        return {name: fn(predictions, references) for name, fn in metrics.items()}
+
+    return compute_metrics
+
+
+@dataclass
+class EvaluationResult:
+    """Metrics and inference speed of one model on one evaluation set."""
+
+    metrics: dict[str, float]
+    num_examples: int
+    batch_size: int
+    seconds: float  # forward passes only, the first (warm-up) batch excluded
+    examples_per_second: float
+    ms_per_batch: float
+    latency_ms_batch1: float | None = None  # median over `latency_samples` single examples
+    latency_samples: int = 0
+    device: str = "cpu"
+
+    def to_dict(self) -> dict:
+        return {
+            "metrics": self.metrics,
+            "num_examples": self.num_examples,
+            "throughput": {
+                "batch_size": self.batch_size,
+                "examples_per_second": round(self.examples_per_second, 2),
+                "ms_per_batch": round(self.ms_per_batch, 3),
+                "timed_seconds": round(self.seconds, 4),
+            },
+            "latency_batch_size_1": {
+                "median_ms": None if self.latency_ms_batch1 is None else round(self.latency_ms_batch1, 3),
+                "num_examples": self.latency_samples,
+            },
+            "device": self.device,
+        }
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.inference_mode()
+def evaluate_classifier(
+    model: nn.Module,
+    dataset,
+    collator: Callable,
+    metrics: dict[str, Callable],
+    batch_size: int,
+    device: torch.device | str,
+    latency_samples: int = 32,
+) -> EvaluationResult:
+    """Predict `dataset` with `model` (eval mode, no grad), compute `metrics`, and time it.
+
+    Throughput: every batch of `batch_size` is timed after one untimed warm-up batch. Latency: the median time of
+    a forward pass on single examples (the first `latency_samples` rows, unpadded). Each model is timed on its own,
+    one after the other, on `device`.
+    """
+    device = torch.device(device)
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
+    predictions, references, times = [], [], []
+    for step, batch in enumerate(loader):
+        labels = batch.pop("labels")
+        batch = {k: v.to(device) for k, v in batch.items()}
+        if step == 0:
+            model(**batch)  # warm-up: first-call allocations and kernel selection stay out of the timing
+        _sync(device)
+        start = time.perf_counter()
+        logits = model(**batch).logits
+        _sync(device)
+        times.append(time.perf_counter() - start)
+        predictions.append(logits.argmax(-1).cpu())
+        references.append(labels)
+    predictions, references = torch.cat(predictions).numpy(), torch.cat(references).numpy()
+    seconds = sum(times)
+
+    latencies = []
+    for index in range(-1, min(latency_samples, len(dataset))):  # -1: an untimed warm-up at batch size 1
+        batch = {k: v.to(device) for k, v in collator([dataset[max(index, 0)]]).items() if k != "labels"}
+        _sync(device)
+        start = time.perf_counter()
+        model(**batch)
+        _sync(device)
+        if index >= 0:
+            latencies.append(time.perf_counter() - start)
+    model.train(was_training)
+    return EvaluationResult(
+        metrics={name: fn(predictions, references) for name, fn in metrics.items()},
+        num_examples=len(predictions),
+        batch_size=batch_size,
+        seconds=seconds,
+        examples_per_second=len(predictions) / seconds if seconds > 0 else float("inf"),
+        ms_per_batch=1000 * seconds / len(times),
+        latency_ms_batch1=1000 * statistics.median(latencies) if latencies else None,
+        latency_samples=len(latencies),
+        device=str(device),
+    )

@@ -1,0 +1,308 @@
+"""The end-to-end run behind `hf-distill`: `prepare_run` checks and builds everything, `execute_run` does the work.
+
+`prepare_run` loads nothing heavier than the models and the data, and raises `ValueError`/`FileNotFoundError` on
+bad input before any evaluation or training starts. `execute_run` evaluates the teacher and the student as
+built, distils, evaluates the student again, saves it, and writes the report and the plot.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from torch import nn
+
+from .args import DistillationArguments
+from .artifacts import CONFIG_NAME, HISTORY_NAME, training_history
+from .cli import ModelArguments, RunArguments, check_output_dir, check_resumable, remove_checkpoints
+from .data import DataArguments, encode_labels, load_split, resolve_columns, tokenize
+from .evaluation import evaluate_classifier, load_metrics, metrics_function
+from .modeling import count_parameters, num_layers
+from .plots import PLOT_NAME, plot_training_curves
+from .report import REPORT_JSON, REPORT_MD, compare, speedup, write_report
+from .student import build_student
+from .trainer import DistillationTrainer
+
+__all__ = ["PreparedRun", "execute_run", "prepare_run"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class PreparedRun:
+    """Everything `execute_run` needs, all inputs already checked."""
+
+    trainer: DistillationTrainer
+    teacher: nn.Module
+    student: nn.Module
+    tokenizer: Any
+    eval_dataset: Any
+    collator: Any
+    resume_from: str | None
+    num_labels: int
+    run_args: RunArguments
+    model_args: ModelArguments
+    description: dict[str, Any]
+
+
+def _local_or_hub(option: str, name: str) -> None:
+    """Fail fast on a path that does not exist, instead of asking the Hub for it."""
+    if not Path(name).exists() and (name.startswith((".", "/", "~")) or name.count("/") > 1):
+        raise FileNotFoundError(f"--{option}={name!r}: no such folder (and not a Hub id of the form 'org/name').")
+
+
+def _load(option: str, name: str, loader, **kwargs):
+    _local_or_hub(option, name)
+    try:
+        return loader.from_pretrained(name, **kwargs)
+    except OSError as error:
+        raise ValueError(
+            f"--{option}={name!r} could not be loaded ({str(error).splitlines()[0][:300]}). Give a folder written by "
+            "save_pretrained, or a Hub id when the Hub is reachable."
+        ) from error
+
+
+def _check_vocabulary(tokenizer, model: nn.Module, role: str) -> None:
+    embeddings = model.get_input_embeddings().num_embeddings
+    if len(tokenizer) > embeddings:
+        raise ValueError(
+            f"the tokenizer has {len(tokenizer)} tokens but the {role}'s input embeddings have only {embeddings} "
+            f"rows: it is not the {role}'s tokenizer. Use the teacher's tokenizer (drop --tokenizer_name or point it "
+            "at the teacher) and a student with the teacher's vocabulary."
+        )
+
+
+def _check_sequence_length(max_seq_length: int, tokenizer, config) -> None:
+    limits = {"the teacher's max_position_embeddings": getattr(config, "max_position_embeddings", None)}
+    if getattr(tokenizer, "model_max_length", None) and tokenizer.model_max_length < 1_000_000:
+        limits["the tokenizer's model_max_length"] = tokenizer.model_max_length
+    for what, limit in limits.items():
+        if limit is not None and max_seq_length > limit:
+            raise ValueError(f"--max_seq_length={max_seq_length} is more than {what} ({limit}); use at most {limit}.")
+
+
+def _check_unfinished(trainer: DistillationTrainer, checkpoint: str) -> None:
+    """Refuse to "resume" a run whose training is already complete.
+
+    (transformers 5.x `Trainer.train(resume_from_checkpoint=...)` from a checkpoint at `max_steps` runs one more
+    optimizer step instead of stopping.)
+    """
+    state_file = Path(checkpoint) / "trainer_state.json"
+    if not state_file.is_file():
+        raise FileNotFoundError(f"{checkpoint} has no trainer_state.json: it cannot be resumed.")
+    done = json.loads(state_file.read_text(encoding="utf-8")).get("global_step", 0)
+    planned = trainer.set_initial_training_values(trainer.args, trainer.get_train_dataloader())[-1]
+    if done >= planned:
+        raise ValueError(
+            f"{checkpoint} is a finished run ({done} of {planned} training steps done): nothing is left to resume. "
+            "Pass --overwrite_output_dir to train again from scratch, raise --max_steps or --num_train_epochs to "
+            "train further, or choose another --output_dir."
+        )
+
+
+def prepare_run(
+    model_args: ModelArguments,
+    data_args: DataArguments,
+    run_args: RunArguments,
+    training_args: DistillationArguments,
+    data_description: str | None = None,
+) -> PreparedRun:
+    """Check every input and build teacher, student, data and trainer. Raises on bad input; trains nothing."""
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+
+    if run_args.latency_samples < 0:
+        raise ValueError(f"--latency_samples must be >= 0, got {run_args.latency_samples}.")
+    resume_from = check_output_dir(
+        training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint
+    )
+    remote = {"trust_remote_code": model_args.trust_remote_code}
+    teacher_path = model_args.teacher_model_name_or_path
+    teacher_config = _load("teacher_model_name_or_path", teacher_path, AutoConfig, **remote)
+    tokenizer_name = model_args.tokenizer_name or teacher_path
+    tokenizer = _load("tokenizer_name" if model_args.tokenizer_name else "teacher_model_name_or_path",
+                      tokenizer_name, AutoTokenizer, **remote)  # fmt: skip
+    _check_sequence_length(data_args.max_seq_length, tokenizer, teacher_config)
+
+    splits, labels = {}, {}
+    for split in ("train", "validation"):
+        dataset = load_split(data_args, split)
+        text, pair, label = resolve_columns(data_args, dataset, split)
+        labels[split] = encode_labels(dataset[label], teacher_config, split, require_all=split == "train")
+        limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
+        if limit is not None and limit < len(dataset):
+            dataset, labels[split] = dataset.select(range(limit)), labels[split][:limit]
+        splits[split] = dataset
+
+    teacher = _load("teacher_model_name_or_path", teacher_path, AutoModelForSequenceClassification, **remote)
+    if model_args.student_model_name_or_path is None:
+        try:
+            student = build_student(teacher, model_args.student_num_layers, model_args.student_layers)
+        except ValueError as error:
+            raise ValueError(f"--student_num_layers/--student_layers: {error}") from error
+        source = f"built from teacher layers {student.config.distillation_teacher_layers}"
+    else:
+        student = _load("student_model_name_or_path", model_args.student_model_name_or_path,
+                        AutoModelForSequenceClassification, **remote)  # fmt: skip
+        source = f"`{model_args.student_model_name_or_path}`"
+        t_labels, s_labels = teacher.config.id2label, student.config.id2label
+        if {int(k): v for k, v in t_labels.items()} != {int(k): v for k, v in s_labels.items()}:
+            raise ValueError(
+                f"the student's labels {s_labels} differ from the teacher's {t_labels}: they must predict the same "
+                "label set (same num_labels and id2label)."
+            )
+    _check_vocabulary(tokenizer, teacher, "teacher")
+    _check_vocabulary(tokenizer, student, "student")
+
+    train = tokenize(splits["train"], tokenizer, text, pair, labels["train"], data_args.max_seq_length)
+    evaluation = tokenize(splits["validation"], tokenizer, text, pair, labels["validation"], data_args.max_seq_length)
+    collator = DataCollatorWithPadding(tokenizer)
+    trainer = DistillationTrainer(
+        model=student, teacher_model=teacher, args=training_args, train_dataset=train, eval_dataset=evaluation,
+        processing_class=tokenizer, data_collator=collator,
+        compute_metrics=metrics_function(teacher.config.num_labels),
+    )  # fmt: skip
+    if resume_from is not None:
+        record = trainer.distillation_record()
+        expected = training_args.distillation_settings() | {
+            "layer_map": trainer.layer_map,
+            "teacher_model": trainer.teacher_name_or_path,
+            "student_num_layers": record.student_num_layers,
+            "student_layers_from_teacher": record.student_layers_from_teacher,
+        }
+        check_resumable(resume_from, expected)
+        _check_unfinished(trainer, resume_from)
+        logger.info("Resuming from %s (its distillation settings match this run's).", resume_from)
+    elif run_args.overwrite_output_dir:
+        remove_checkpoints(training_args.output_dir)
+
+    if data_args.dataset_name:
+        default_description = f"Hub dataset `{data_args.dataset_name}` ({data_args.dataset_config_name or 'default'})."
+    else:
+        default_description = f"`{data_args.train_file}` (train) and `{data_args.validation_file}` (evaluation)."
+    description = {
+        "description": data_description or default_description,
+        "num_train": len(train),
+        "num_eval": len(evaluation),
+        "text_column": text,
+        "text_pair_column": pair,
+        "label_column": label,
+        "max_seq_length": data_args.max_seq_length,
+        "student_source": source,
+    }
+    return PreparedRun(trainer, teacher, student, tokenizer, evaluation, collator, resume_from,
+                       teacher.config.num_labels, run_args, model_args, description)  # fmt: skip
+
+
+def execute_run(run: PreparedRun, notes: list[str] | None = None) -> dict[str, Any]:
+    """Evaluate teacher and student, distil, evaluate the student, save everything. Returns the report."""
+    trainer, args = run.trainer, run.trainer.args
+    metrics = load_metrics(run.num_labels)
+    batch = args.per_device_eval_batch_size
+
+    def timed_evaluation(model: nn.Module, what: str):
+        logger.info("Evaluating %s on %d examples (batch size %d)", what, len(run.eval_dataset), batch)
+        result = evaluate_classifier(model, run.eval_dataset, run.collator, metrics, batch, args.device,
+                                     latency_samples=run.run_args.latency_samples)  # fmt: skip
+        logger.info("%s: %s", what, {k: round(v, 4) for k, v in result.metrics.items()})
+        return result
+
+    teacher_eval = timed_evaluation(run.teacher, "the teacher")
+    before_eval = timed_evaluation(run.student, "the student before distillation")
+    trainer.train(resume_from_checkpoint=run.resume_from)
+    last_eval = next((e for e in reversed(trainer.state.log_history) if "eval_loss" in e), None)
+    if last_eval is not None and last_eval.get("step") == trainer.state.global_step:
+        final_eval = {k: v for k, v in last_eval.items() if k.startswith("eval_")}  # evaluated at the last step
+    else:
+        final_eval = trainer.evaluate()
+    trainer.save_model()  # model, tokenizer, distillation_config.json, training_history.json
+    trainer.save_state()
+    after_eval = timed_evaluation(trainer.model, "the student after distillation")
+
+    record = trainer.distillation_record()
+    report = _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval, notes or [])
+    if trainer.is_world_process_zero():
+        output_dir = Path(args.output_dir)
+        history = training_history(trainer.state.log_history)
+        plot, reason = plot_training_curves(history, output_dir / PLOT_NAME, metric="accuracy",
+                                            teacher_metric=teacher_eval.metrics["accuracy"],
+                                            student_before_metric=before_eval.metrics["accuracy"])  # fmt: skip
+        if plot is None:
+            logger.warning("No %s: %s", PLOT_NAME, reason)
+            report["files"][PLOT_NAME] = f"not written: {reason}"
+        write_report(output_dir, report)
+        logger.info("Wrote the student, %s and %s to %s", REPORT_JSON, REPORT_MD, os.path.abspath(output_dir))
+    return report
+
+
+def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval, notes) -> dict[str, Any]:
+    args = run.trainer.args
+    teacher_params, student_params = count_parameters(run.teacher), count_parameters(run.trainer.model)
+    t_latency, s_latency = teacher_eval.latency_ms_batch1, after_eval.latency_ms_batch1
+    return {
+        "title": "Distillation report",
+        "notes": notes,
+        "metric": "accuracy",
+        "teacher": {
+            "name_or_path": record.teacher_model,
+            "architecture": record.teacher_architecture,
+            "num_parameters": teacher_params,
+            "num_layers": num_layers(run.teacher),
+        },
+        "student": {
+            "source": run.description["student_source"],
+            "architecture": record.student_architecture,
+            "num_parameters": student_params,
+            "num_layers": num_layers(run.trainer.model),
+            "layers_from_teacher": record.student_layers_from_teacher,
+        },
+        "data": {k: v for k, v in run.description.items() if k != "student_source"},
+        "evaluation": {
+            "teacher": teacher_eval.to_dict(),
+            "student_before": before_eval.to_dict(),
+            "student_after": after_eval.to_dict(),
+        },
+        "comparison": compare(
+            teacher_eval.metrics["accuracy"],
+            before_eval.metrics["accuracy"],
+            after_eval.metrics["accuracy"],
+            teacher_params,
+            student_params,
+        ),  # fmt: skip
+        "speed": {
+            "device": str(args.device),
+            "batch_size": args.per_device_eval_batch_size,
+            "latency_samples": after_eval.latency_samples,
+            "throughput_speedup": speedup(teacher_eval.examples_per_second, after_eval.examples_per_second),
+            "latency_speedup": t_latency / s_latency if t_latency and s_latency else None,
+        },
+        "training": {
+            "global_step": record.global_step,
+            "training_time_seconds": record.training_time_seconds,
+            "resumed_from": run.resume_from,
+            "final_eval": final_eval,
+            "settings": {
+                **args.distillation_settings(),
+                "layer_map": record.layer_map,
+                "learning_rate": args.learning_rate,
+                "per_device_train_batch_size": args.per_device_train_batch_size,
+                "gradient_accumulation_steps": args.gradient_accumulation_steps,
+                "num_train_epochs": args.num_train_epochs,
+                "max_steps": args.max_steps,
+                "global_step": record.global_step,
+                "training_time_seconds": record.training_time_seconds,
+                "seed": args.seed,
+            },
+        },
+        "files": {
+            "config.json, model.safetensors": "the distilled student (reload with from_pretrained)",
+            "tokenizer files": "the tokenizer, unchanged",
+            CONFIG_NAME: "teacher, student, settings, layer map, compression, versions",
+            HISTORY_NAME: "per-term training losses, eval metrics, learning rate by step",
+            f"{REPORT_JSON}, {REPORT_MD}": "this comparison",
+            PLOT_NAME: "total loss, loss terms, eval accuracy, learning rate",
+        },
+    }
