@@ -2,7 +2,7 @@
 
     hf-distill --teacher_model_name_or_path TEACHER --student_num_layers 6 \\
         --train_file train.tsv --validation_file dev.tsv --output_dir out --num_train_epochs 3
-    hf-distill config.yaml          # the same options as one JSON or YAML file
+    hf-distill config.yaml          # the same options in a JSON or YAML file (flags after it override it)
 
 It checks every input before any work, evaluates the teacher and the freshly built student, distils with
 `DistillationTrainer`, evaluates the student again, and writes the model, tokenizer, `distillation_config.json`,
@@ -20,8 +20,6 @@ import os
 import re
 import shutil
 import sys
-import types
-import typing
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 
@@ -92,14 +90,8 @@ _DATACLASSES = (ModelArguments, DataArguments, RunArguments, DistillationArgumen
 # ---- arguments ---------------------------------------------------------------------------------------------------
 
 
-def _numeric_type(annotation) -> type | None:
-    options = typing.get_args(annotation) if isinstance(annotation, types.UnionType) else (annotation,)
-    options = [o for o in options if o is not type(None)]
-    return options[0] if len(options) == 1 and options[0] in (int, float) else None
-
-
-def _read_config_file(path: str) -> dict:
-    """A JSON/YAML file as a dict, unknown keys refused (with the closest known names), numbers from strings."""
+def _read_config_file(path: str) -> list[str]:
+    """A JSON/YAML file of options as command-line arguments; unknown keys refused with the closest known names."""
     if not Path(path).is_file():
         raise FileNotFoundError(f"config file {path!r}: no such file.")
     text = Path(path).read_text(encoding="utf-8")
@@ -111,36 +103,43 @@ def _read_config_file(path: str) -> dict:
         data = yaml.safe_load(text)  # plain data only: nothing in the file is executed
     if not isinstance(data, dict):
         raise ValueError(f"config file {path!r} must hold a mapping of option names to values.")
-    hints = {}
-    for cls in _DATACLASSES:
-        names = {f.name for f in fields(cls) if f.init}
-        hints.update({k: v for k, v in typing.get_type_hints(cls).items() if k in names})
-    unknown = [key for key in data if key not in hints]
+    known = [f.name for cls in _DATACLASSES for f in fields(cls) if f.init]
+    unknown = [key for key in data if key not in known]
     if unknown:
-        hints_text = []
+        described = []
         for key in unknown:
-            close = difflib.get_close_matches(key, list(hints), n=1)
-            hints_text.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+            close = difflib.get_close_matches(key, known, n=1)
+            described.append(f"{key!r}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         raise ValueError(
-            f"config file {path!r} has unknown option(s): {', '.join(hints_text)}. Options are the command-line "
+            f"config file {path!r} has unknown option(s): {', '.join(described)}. Options are the command-line "
             "flags without the leading '--' (see hf-distill --help)."
         )
-    for key, value in data.items():
-        kind = _numeric_type(hints[key])
-        if kind is not None and isinstance(value, str):  # YAML reads 2e-5 as a string
-            try:
-                data[key] = kind(float(value)) if kind is int and float(value).is_integer() else kind(value)
-            except ValueError as error:
-                raise ValueError(f"config file {path!r}: {key}={value!r} is not a number.") from error
-    return data
+    argv = []
+    for key, value in data.items():  # the command line's own parsing then converts and checks every value
+        if value is None:
+            continue
+        argv.append(f"--{key}")
+        if isinstance(value, (list, tuple)):
+            argv += [str(v) for v in value]
+        elif isinstance(value, bool):
+            argv.append("true" if value else "false")
+        elif isinstance(value, dict):
+            argv.append(json.dumps(value))
+        else:
+            argv.append(str(value))
+    return argv
 
 
 def parse_args(argv: list[str] | None = None):
-    """`(ModelArguments, DataArguments, RunArguments, DistillationArguments)` from the command line or one file."""
+    """`(ModelArguments, DataArguments, RunArguments, DistillationArguments)` from the command line.
+
+    A first argument ending in `.json`, `.yaml` or `.yml` is a file of options; flags after it override it:
+    `hf-distill recipe.yaml --max_steps 100`.
+    """
     parser = HfArgumentParser(_DATACLASSES)
-    argv = sys.argv[1:] if argv is None else argv
-    if len(argv) == 1 and argv[0].endswith((".json", ".yaml", ".yml")):
-        return parser.parse_dict(_read_config_file(argv[0]))
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0].endswith((".json", ".yaml", ".yml")):
+        argv = _read_config_file(argv[0]) + argv[1:]
     return parser.parse_args_into_dataclasses(args=argv)
 
 
