@@ -76,6 +76,19 @@ def _check_vocabulary(tokenizer, model: nn.Module, role: str) -> None:
         )
 
 
+def _ensure_padding_token(tokenizer) -> None:
+    """Batches are padded: a tokenizer without a padding token (GPT-2, Llama) pads with its end-of-text token."""
+    if tokenizer.pad_token is not None:
+        return
+    if tokenizer.eos_token is None:
+        raise ValueError(
+            f"the tokenizer ({type(tokenizer).__name__}) has neither a padding nor an end-of-text token, so batches "
+            "cannot be padded. Save the tokenizer with a pad_token and pass it with --tokenizer_name."
+        )
+    logger.warning("The tokenizer has no padding token: padding with its end-of-text token %r.", tokenizer.eos_token)
+    tokenizer.pad_token = tokenizer.eos_token
+
+
 def _check_sequence_length(max_seq_length: int, tokenizer, config) -> None:
     limits = {"the teacher's max_position_embeddings": getattr(config, "max_position_embeddings", None)}
     if getattr(tokenizer, "model_max_length", None) and tokenizer.model_max_length < 1_000_000:
@@ -126,6 +139,7 @@ def prepare_run(
     tokenizer = _load("tokenizer_name" if model_args.tokenizer_name else "teacher_model_name_or_path",
                       tokenizer_name, AutoTokenizer, **remote)  # fmt: skip
     _check_sequence_length(data_args.max_seq_length, tokenizer, teacher_config)
+    _ensure_padding_token(tokenizer)
 
     splits, labels = {}, {}
     for split in ("train", "validation"):
@@ -156,6 +170,9 @@ def prepare_run(
             )
     _check_vocabulary(tokenizer, teacher, "teacher")
     _check_vocabulary(tokenizer, student, "student")
+    for model in (teacher, student):  # decoder-only classifiers find the last real token through pad_token_id
+        if getattr(model.config, "pad_token_id", None) is None:
+            model.config.pad_token_id = tokenizer.pad_token_id
 
     train = tokenize(splits["train"], tokenizer, text, pair, labels["train"], data_args.max_seq_length)
     evaluation = tokenize(splits["validation"], tokenizer, text, pair, labels["validation"], data_args.max_seq_length)

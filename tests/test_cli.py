@@ -419,3 +419,45 @@ def test_sst2_slice_end_to_end(tmp_path, capsys):
         predictions = [model(**tokenizer(r["sentence"], return_tensors="pt")).logits.argmax().item()
                        for r in reference[:64]]  # fmt: skip
     assert teacher_acc == pytest.approx(sum(p == y for p, y in zip(predictions, labels)) / 64)
+
+
+def test_a_decoder_only_teacher_without_padding_token(tmp_path, capsys):
+    """GPT-2 style: no pad token in the tokenizer or the config; the student is built from its `h` blocks."""
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import GPT2Config, GPT2ForSequenceClassification, PreTrainedTokenizerFast
+
+    vocab = {token: i for i, token in enumerate(["<|endoftext|>", "<unk>", *WORDS])}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    backend.pre_tokenizer = pre_tokenizers.Whitespace()
+    tokenizer = PreTrainedTokenizerFast(tokenizer_object=backend, eos_token="<|endoftext|>", unk_token="<unk>")
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(vocab), n_embd=32, n_layer=4, n_head=4, n_positions=64, num_labels=2)
+    GPT2ForSequenceClassification(config).save_pretrained(tmp_path / "gpt2")
+    tokenizer.save_pretrained(tmp_path / "gpt2")
+    data = {"teacher": str(tmp_path / "gpt2"), "train": str(write_rows(tmp_path / "t.tsv", review_rows(24, seed=3))),
+            "dev": str(write_rows(tmp_path / "d.tsv", review_rows(8, seed=4)))}  # fmt: skip
+    argv = cli_args(data, tmp_path / "out", gamma=0.0, max_steps=2, eval_strategy="no", save_strategy="no")
+    code, err = run_cli(argv, capsys)
+    assert code == 0, err
+    record = load_distillation_config(tmp_path / "out")
+    assert record.student_architecture == "GPT2ForSequenceClassification"
+    assert record.student_layers_from_teacher == [1, 3]
+    assert AutoModelForSequenceClassification.from_pretrained(tmp_path / "out").config.pad_token_id == 0
+
+
+def test_sentence_pairs_are_encoded_as_pairs(assets):
+    from datasets import Dataset
+
+    from hf_distill.data import tokenize
+
+    tokenizer = BertTokenizerFast.from_pretrained(assets["teacher"])
+    dataset = Dataset.from_dict({"premise": ["the film was good"], "hypothesis": ["the plot was dull"]})
+    encoded = tokenize(dataset, tokenizer, "premise", "hypothesis", labels=[1], max_length=32)
+    expected = tokenizer("the film was good", "the plot was dull")
+    assert encoded[0]["input_ids"] == expected["input_ids"] and encoded[0]["labels"] == 1
+    assert encoded[0]["token_type_ids"].count(1) == 5  # "the plot was dull [SEP]"
+
+
+def test_empty_data_file(assets, tmp_path, capsys):
+    err = _bad(assets, tmp_path, capsys, validation_file=str(write_rows(tmp_path / "empty.tsv", [])))
+    assert "the validation data" in err and "has no examples" in err
