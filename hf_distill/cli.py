@@ -136,7 +136,12 @@ def parse_args(argv: list[str] | None = None):
     A first argument ending in `.json`, `.yaml` or `.yml` is a file of options; flags after it override it:
     `hf-distill recipe.yaml --max_steps 100`.
     """
-    parser = HfArgumentParser(_DATACLASSES)
+    parser = HfArgumentParser(
+        _DATACLASSES,
+        prog="hf-distill",
+        description="Distil a fine-tuned teacher into a smaller student; a first argument ending in .json, .yaml or "
+        ".yml is a file of options (flags after it override it).",
+    )
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         argv = _read_config_file(argv[0]) + argv[1:]
