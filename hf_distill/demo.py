@@ -194,7 +194,7 @@ def _parse(argv: list[str] | None) -> argparse.Namespace:
                         help="auto: SST-2 from ../shared/data when present, else synthetic sentences.")  # fmt: skip
     parser.add_argument("--sst2_dir", default=None, help="Folder with SST-2 train.tsv and validation.tsv.")
     parser.add_argument("--train_examples", type=int, default=3200)
-    parser.add_argument("--eval_examples", type=int, default=872)
+    parser.add_argument("--eval_examples", type=int, default=500)
     parser.add_argument("--student_num_layers", type=int, default=3)
     parser.add_argument("--threads", type=int, default=None,
                         help="torch CPU threads (default: all cores, 1 if the machine is busy).")  # fmt: skip

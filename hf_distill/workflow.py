@@ -117,6 +117,42 @@ def _check_unfinished(trainer: DistillationTrainer, checkpoint: str) -> None:
         )
 
 
+def _load_data(data_args: DataArguments, teacher_config) -> tuple[dict, dict, dict]:
+    """Each split's examples, its labels as teacher ids (checked against the teacher's label set) and columns."""
+    splits, labels, columns = {}, {}, {}
+    for split in ("train", "validation"):
+        dataset = load_split(data_args, split)
+        columns[split] = resolve_columns(data_args, dataset, split)
+        values = dataset[columns[split][2]]  # the whole file: every teacher label must occur in the training data
+        labels[split] = encode_labels(values, teacher_config, split, require_all=split == "train")
+        limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
+        if limit is not None and limit < len(dataset):
+            dataset, labels[split] = dataset.select(range(limit)), labels[split][:limit]
+        splits[split] = dataset
+    return splits, labels, columns
+
+
+def _student(model_args: ModelArguments, teacher: nn.Module, remote: dict) -> tuple[nn.Module, str]:
+    """The student, built from the teacher's layers or loaded (then checked to have the teacher's labels)."""
+    from transformers import AutoModelForSequenceClassification
+
+    if model_args.student_model_name_or_path is None:
+        try:
+            student = build_student(teacher, model_args.student_num_layers, model_args.student_layers)
+        except ValueError as error:
+            raise ValueError(f"--student_num_layers/--student_layers: {error}") from error
+        return student, f"built from teacher layers {student.config.distillation_teacher_layers}"
+    student = _load("student_model_name_or_path", model_args.student_model_name_or_path,
+                    AutoModelForSequenceClassification, **remote)  # fmt: skip
+    t_labels, s_labels = teacher.config.id2label, student.config.id2label
+    if {int(k): v for k, v in t_labels.items()} != {int(k): v for k, v in s_labels.items()}:
+        raise ValueError(
+            f"the student's labels {s_labels} differ from the teacher's {t_labels}: they must predict the same "
+            "label set (same num_labels and id2label)."
+        )
+    return student, f"`{model_args.student_model_name_or_path}`"
+
+
 def prepare_run(
     model_args: ModelArguments,
     data_args: DataArguments,
@@ -141,41 +177,20 @@ def prepare_run(
     _check_sequence_length(data_args.max_seq_length, tokenizer, teacher_config)
     _ensure_padding_token(tokenizer)
 
-    splits, labels = {}, {}
-    for split in ("train", "validation"):
-        dataset = load_split(data_args, split)
-        text, pair, label = resolve_columns(data_args, dataset, split)
-        labels[split] = encode_labels(dataset[label], teacher_config, split, require_all=split == "train")
-        limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
-        if limit is not None and limit < len(dataset):
-            dataset, labels[split] = dataset.select(range(limit)), labels[split][:limit]
-        splits[split] = dataset
+    splits, labels, columns = _load_data(data_args, teacher_config)
 
     teacher = _load("teacher_model_name_or_path", teacher_path, AutoModelForSequenceClassification, **remote)
-    if model_args.student_model_name_or_path is None:
-        try:
-            student = build_student(teacher, model_args.student_num_layers, model_args.student_layers)
-        except ValueError as error:
-            raise ValueError(f"--student_num_layers/--student_layers: {error}") from error
-        source = f"built from teacher layers {student.config.distillation_teacher_layers}"
-    else:
-        student = _load("student_model_name_or_path", model_args.student_model_name_or_path,
-                        AutoModelForSequenceClassification, **remote)  # fmt: skip
-        source = f"`{model_args.student_model_name_or_path}`"
-        t_labels, s_labels = teacher.config.id2label, student.config.id2label
-        if {int(k): v for k, v in t_labels.items()} != {int(k): v for k, v in s_labels.items()}:
-            raise ValueError(
-                f"the student's labels {s_labels} differ from the teacher's {t_labels}: they must predict the same "
-                "label set (same num_labels and id2label)."
-            )
+    student, source = _student(model_args, teacher, remote)
     _check_vocabulary(tokenizer, teacher, "teacher")
     _check_vocabulary(tokenizer, student, "student")
     for model in (teacher, student):  # decoder-only classifiers find the last real token through pad_token_id
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
 
-    train = tokenize(splits["train"], tokenizer, text, pair, labels["train"], data_args.max_seq_length)
-    evaluation = tokenize(splits["validation"], tokenizer, text, pair, labels["validation"], data_args.max_seq_length)
+    train, evaluation = (
+        tokenize(splits[split], tokenizer, *columns[split][:2], labels[split], data_args.max_seq_length)
+        for split in ("train", "validation")
+    )
     collator = DataCollatorWithPadding(tokenizer)
     trainer = DistillationTrainer(
         model=student, teacher_model=teacher, args=training_args, train_dataset=train, eval_dataset=evaluation,
@@ -204,9 +219,9 @@ def prepare_run(
         "description": data_description or default_description,
         "num_train": len(train),
         "num_eval": len(evaluation),
-        "text_column": text,
-        "text_pair_column": pair,
-        "label_column": label,
+        "text_column": columns["train"][0],
+        "text_pair_column": columns["train"][1],
+        "label_column": columns["train"][2],
         "max_seq_length": data_args.max_seq_length,
         "student_source": source,
     }
