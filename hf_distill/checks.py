@@ -1,10 +1,10 @@
 """Checks that run before any training work: the teacher/student pair, the tokenizer, the datasets, the checkpoint.
 
 Each check raises `ValueError` naming the argument, the bad value and the fix. `DistillationTrainer` calls
-`check_models` in `__init__` and `before_train` at the start of `train()`, so a bad run fails in seconds instead of
-after the first step (or the first evaluation). Dataset scans read whole columns through Arrow (lengths, minimum,
-maximum), never row by row, so they stay cheap on large datasets; datasets that are not `datasets.Dataset` are
-checked as far as they can be without iterating them.
+`check_models` in `__init__` and `before_train` at the start of `train()` (which also runs the checkpoint checks of
+`resume.py`), so a bad run fails in seconds instead of after the first step or the first evaluation. Dataset scans
+read whole columns through Arrow (lengths, minimum, maximum), never row by row, so they stay cheap on large
+datasets; datasets that are not `datasets.Dataset` are checked as far as they can be without iterating them.
 """
 
 from __future__ import annotations
@@ -15,9 +15,9 @@ import json
 import logging
 import os
 import random
-import re
 from collections.abc import Callable, Mapping
 from contextlib import contextmanager
+from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -25,40 +25,17 @@ import numpy as np
 import torch
 from torch import nn
 
-from .artifacts import CONFIG_NAME, DistillationRecord
+from .resume import check_resume_settings, resolve_checkpoint
 
 if TYPE_CHECKING:
     from .trainer import DistillationTrainer
 
-__all__ = [
-    "RESUME_SETTINGS",
-    "before_train",
-    "check_dataset",
-    "check_models",
-    "check_resume_settings",
-    "parse_config_file",
-    "resolve_checkpoint",
-]
+__all__ = ["before_train", "check_dataset", "check_models", "parse_config_file"]
 
 logger = logging.getLogger(__name__)
 
 LABEL_COLUMNS = ("labels", "label", "label_ids")
 IGNORE_INDEX = -100
-TRAINER_STATE_NAME = "trainer_state.json"
-_CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-# Fields of `distillation_config.json` that must match for a resumed run to continue the same distillation.
-RESUME_SETTINGS = (
-    "teacher_model",
-    "teacher_architecture",
-    "teacher_num_parameters",
-    "teacher_num_layers",
-    "temperature",
-    "alpha",
-    "beta",
-    "gamma",
-    "attention_loss",
-    "layer_map",
-)
 
 
 # ---- the teacher / student pair and the tokenizer ------------------------------------------------------------
@@ -127,15 +104,30 @@ def check_models(student: nn.Module, teacher: nn.Module, processing_class: Any =
 # ---- datasets ----------------------------------------------------------------------------------------------
 
 
-def _arrow_column(dataset: Any, column: str):
-    """The column as an Arrow array (row selections applied), or None for non-Arrow datasets."""
+class _Recheck(Exception):
+    """A finding on a dataset's whole table that must be confirmed on its selected rows."""
+
+
+def _scan_column(dataset: Any, column: str, check: Callable[..., None]) -> None:
+    """Run `check(array, exact)` on a column of a `datasets.Dataset`, cheaply.
+
+    After `shuffle`/`select`/`train_test_split` a dataset is a row selection over a larger Arrow table, and
+    gathering the selected rows costs seconds on large datasets. The whole table (a superset) is scanned first,
+    in milliseconds; only a finding there is confirmed on the exact rows, so the result is exact either way.
+    """
     try:
         import datasets
     except ImportError:  # pragma: no cover - datasets is a dependency
-        return None
+        return
     if not isinstance(dataset, datasets.Dataset) or column not in dataset.column_names:
-        return None
-    return dataset.with_format("arrow")[column]
+        return
+    if getattr(dataset, "_indices", None) is None:
+        check(dataset.data.column(column), True)
+        return
+    try:
+        check(dataset.data.column(column), False)
+    except (ValueError, _Recheck):
+        check(dataset.with_format("arrow")[column], True)
 
 
 def _position_limit(model: nn.Module) -> tuple[int | None, bool]:
@@ -194,7 +186,7 @@ def _collated_keys(dataset: Any, collate: Callable | None, keep: set[str] | None
     return set(batch) if isinstance(batch, Mapping) else None
 
 
-def _check_labels(column, name: str, label_column: str, models: Mapping[str, nn.Module]) -> None:
+def _check_labels(column, exact: bool, name: str, label_column: str, models: Mapping[str, nn.Module]) -> None:
     import pyarrow as pa
     import pyarrow.compute as pc
 
@@ -224,9 +216,13 @@ def _check_labels(column, name: str, label_column: str, models: Mapping[str, nn.
         )
 
 
-def _check_input_ids(column, name: str, models: Mapping[str, nn.Module]) -> None:
+def _check_input_ids(column, exact: bool, name: str, models: Mapping[str, nn.Module]) -> None:
+    import pyarrow as pa
     import pyarrow.compute as pc
 
+    listed = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+    if not (listed or pa.types.is_fixed_size_list(column.type)) or not pa.types.is_integer(column.type.value_type):
+        return  # not one token sequence per row (e.g. multiple choice): nothing cheap to check
     lengths = pc.list_value_length(column)
     longest = pc.max(lengths).as_py() or 0
     for who, model in models.items():
@@ -240,6 +236,8 @@ def _check_input_ids(column, name: str, models: Mapping[str, nn.Module]) -> None
             )
             if hard:
                 raise ValueError(message)
+            if not exact:
+                raise _Recheck(message)
             logger.warning(message)
     ids = pc.min_max(pc.list_flatten(column)).as_py()
     if ids["min"] is None:
@@ -292,89 +290,10 @@ def check_dataset(
                 "distil from the teacher alone."
             )
     label_column = next((c for c in LABEL_COLUMNS if c in columns), None)
-    if label_column is not None and (column := _arrow_column(dataset, label_column)) is not None:
-        _check_labels(column, name, label_column, models)
-    if (column := _arrow_column(dataset, "input_ids")) is not None:
-        _check_input_ids(column, name, models)
-
-
-# ---- resuming ----------------------------------------------------------------------------------------------
-
-
-def _is_complete(checkpoint: Path) -> bool:
-    """`Trainer` writes `trainer_state.json` last; a checkpoint whose state file parses was saved in full."""
-    try:
-        json.loads((checkpoint / TRAINER_STATE_NAME).read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def resolve_checkpoint(resume_from_checkpoint: str | os.PathLike | bool | None, output_dir: str) -> str | None:
-    """The checkpoint folder to resume from: `True` means the newest *complete* `checkpoint-N` in `output_dir`.
-
-    `Trainer` would take the highest-numbered folder even if the process was killed while writing it; here such a
-    folder is skipped with a warning, and an explicit path to one is refused.
-    """
-    if resume_from_checkpoint is None or resume_from_checkpoint is False:
-        return None
-    if resume_from_checkpoint is True:
-        folders = sorted(
-            (p for p in Path(output_dir).glob("checkpoint-*") if p.is_dir() and _CHECKPOINT_RE.match(p.name)),
-            key=lambda p: int(_CHECKPOINT_RE.match(p.name).group(1)),
-            reverse=True,
-        ) if os.path.isdir(output_dir) else []  # fmt: skip
-        for i, folder in enumerate(folders):
-            if _is_complete(folder):
-                if i:
-                    skipped = ", ".join(str(f) for f in folders[:i])
-                    logger.warning("Skipping incomplete checkpoint(s) %s (killed while saving?)", skipped)
-                return str(folder)
-        raise ValueError(
-            f"resume_from_checkpoint=True but output_dir={output_dir!r} holds no complete checkpoint-N folder"
-            f"{' (incomplete: ' + ', '.join(f.name for f in folders) + ')' if folders else ''}. Start without "
-            "resume_from_checkpoint, or pass the path of a checkpoint folder."
-        )
-    path = Path(resume_from_checkpoint)
-    if not path.is_dir():
-        raise ValueError(f"resume_from_checkpoint={str(path)!r} is not a folder: pass a checkpoint-N folder or True.")
-    if not _is_complete(path):
-        raise ValueError(
-            f"resume_from_checkpoint={str(path)!r} is incomplete (no readable {TRAINER_STATE_NAME}): the process "
-            "probably died while saving it. Resume from the previous checkpoint, or pass True to pick the newest "
-            "complete one."
-        )
-    return str(path)
-
-
-def check_resume_settings(checkpoint: str | os.PathLike, current: DistillationRecord, allow: bool = False) -> None:
-    """Refuse to resume a run whose distillation settings (`RESUME_SETTINGS`) differ from the checkpoint's.
-
-    Raises:
-        `ValueError` listing each differing setting, unless `allow` (then a warning).
-    """
-    file = Path(checkpoint) / CONFIG_NAME
-    try:
-        saved = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        logger.warning("%s is missing or unreadable: cannot check that the distillation settings match.", file)
-        return
-    now = current.to_dict()
-    diffs = [
-        f"{key}: checkpoint {saved[key]!r}, now {now[key]!r}"
-        for key in RESUME_SETTINGS
-        if saved.get(key) is not None and now.get(key) is not None and saved[key] != now[key]
-    ]
-    if not diffs:
-        return
-    message = f"the distillation settings differ from those of the checkpoint {str(checkpoint)!r}: " + "; ".join(diffs)
-    if allow:
-        logger.warning("%s. Continuing because allow_resume_with_different_settings=True.", message)
-        return
-    raise ValueError(
-        f"{message}. Resume with the checkpoint's settings, start a fresh run in a new output_dir, or set "
-        "allow_resume_with_different_settings=True to continue with the new settings on purpose."
-    )
+    if label_column is not None:
+        check_labels = partial(_check_labels, name=name, label_column=label_column, models=models)
+        _scan_column(dataset, label_column, check_labels)
+    _scan_column(dataset, "input_ids", partial(_check_input_ids, name=name, models=models))
 
 
 def before_train(trainer: DistillationTrainer, resume_from_checkpoint: str | bool | None) -> str | None:
