@@ -13,7 +13,10 @@ On a non-finite term it raises [`NonFiniteLossError`] naming the term and the st
 checkpoint is ever written from the bad state. With `skip_nonfinite_steps=True` it instead drops the step's
 gradients (the optimizer then leaves every weight and its own state untouched; under fp16 the gradient scaler
 skips the step as it does on overflow), logs a warning and counts the skipped steps as `skipped_nonfinite_steps`
-in the training logs. A skipped step still counts towards `max_steps` and the learning-rate schedule.
+in the training logs. A skipped step still counts towards `max_steps`, and advances the learning-rate schedule
+except under fp16, where `Trainer` holds the schedule back on any step the scaler skipped.
+
+Only the loss is watched: gradient overflow under fp16 with a finite loss is the scaler's ordinary business.
 """
 
 from __future__ import annotations
