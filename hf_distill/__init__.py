@@ -4,6 +4,8 @@ __version__ = "0.1.0"
 
 from .args import DistillationArguments
 from .artifacts import DistillationRecord, load_distillation_config, load_training_history
+from .checks import parse_config_file
+from .guards import NonFiniteLossError
 from .losses import attention_kl_loss, attention_mse_loss, hard_label_loss, soft_label_loss
 from .modeling import default_layer_map
 from .student import build_student
@@ -13,6 +15,7 @@ __all__ = [
     "DistillationArguments",
     "DistillationRecord",
     "DistillationTrainer",
+    "NonFiniteLossError",
     "attention_kl_loss",
     "attention_mse_loss",
     "build_student",
@@ -20,5 +23,6 @@ __all__ = [
     "hard_label_loss",
     "load_distillation_config",
     "load_training_history",
+    "parse_config_file",
     "soft_label_loss",
 ]

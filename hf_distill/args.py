@@ -34,6 +34,13 @@ class DistillationArguments(TrainingArguments):
         layer_map (`list[int]`, *optional*):
             For each student layer, the teacher layer whose attention it learns (0-indexed). Defaults to a uniform
             map in which the last student layer matches the last teacher layer: 12 -> 6 gives [1, 3, 5, 7, 9, 11].
+        skip_nonfinite_steps (`bool`, *optional*, defaults to `False`):
+            On a NaN/inf loss term, skip that optimizer step (no update) with a warning instead of stopping training.
+        allow_resume_with_different_settings (`bool`, *optional*, defaults to `False`):
+            Allow `resume_from_checkpoint` when the distillation settings or the teacher differ from the checkpoint's.
+        trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow running custom modeling code from the teacher's folder or Hub repository when `teacher_model` is a
+            path or id. Only turn it on for repositories you trust.
 
     The lab notebook's nested formula `BETA * (ALPHA * CE + (1 - ALPHA) * KD) + GAMMA * attn` is reproduced by
     `alpha = BETA * ALPHA`, `beta = BETA * (1 - ALPHA)`, `gamma = GAMMA` (0.05, 0.45, 0.4 for its 0.1/0.5/0.4).
@@ -62,6 +69,18 @@ class DistillationArguments(TrainingArguments):
             "help": "Teacher layer (0-indexed) for each student layer, e.g. 1 3 5 7 9 11. Default: uniform map whose "
             "last student layer matches the last teacher layer."
         },
+    )
+    skip_nonfinite_steps: bool = field(
+        default=False,
+        metadata={"help": "On a NaN/inf loss term, skip that optimizer step (no update) instead of stopping."},
+    )
+    allow_resume_with_different_settings: bool = field(
+        default=False,
+        metadata={"help": "Allow resuming a checkpoint whose distillation settings or teacher differ from these."},
+    )
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow custom modeling code from the teacher's folder/repo (only for code you trust)."},
     )
 
     def __post_init__(self) -> None:

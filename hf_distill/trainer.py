@@ -16,10 +16,11 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import losses
+from . import checks, losses
 from .args import DistillationArguments
 from .artifacts import CONFIG_NAME, DistillationRecord, library_versions, write_artifacts
 from .attention import AttentionRecorder
+from .guards import NonFiniteLossGuard
 from .modeling import count_parameters, default_layer_map, num_layers
 
 __all__ = ["DistillationTrainer", "load_teacher"]
@@ -47,7 +48,10 @@ def load_teacher(name_or_path: str, like: nn.Module, trust_remote_code: bool = F
             f"cannot tell which task head to load the teacher {name_or_path!r} with for a student of class "
             f"{type(like).__name__}; load the teacher yourself and pass the model as `teacher_model`."
         )
-    return getattr(transformers, auto_name).from_pretrained(name_or_path, trust_remote_code=trust_remote_code)
+    # use_safetensors=None: safetensors when present, else a .bin read with weights_only=True (no pickled code).
+    return getattr(transformers, auto_name).from_pretrained(
+        name_or_path, trust_remote_code=trust_remote_code, use_safetensors=None, weights_only=True
+    )
 
 
 def _batch_size(batch: dict[str, Any]) -> int:
@@ -98,10 +102,11 @@ class DistillationTrainer(Trainer):
             )
         self.teacher_name_or_path = teacher_model if isinstance(teacher_model, str) else _name_of(teacher_model)
         if isinstance(teacher_model, str):
-            teacher_model = load_teacher(teacher_model, like=model)
+            teacher_model = load_teacher(teacher_model, like=model, trust_remote_code=args.trust_remote_code)
         if teacher_model is model:
             raise ValueError("`teacher_model` is the same object as `model`: pass a separate (frozen) teacher.")
         self.layer_map = _check_pair(model, teacher_model, args)
+        checks.check_models(model, teacher_model, kwargs.get("processing_class"))
 
         super().__init__(model=model, args=args, **kwargs)
 
@@ -117,6 +122,8 @@ class DistillationTrainer(Trainer):
         self._prior_training_seconds = 0.0
         self._train_started: float | None = None
         self._train_finished: float | None = None
+        self._loss_guard = NonFiniteLossGuard(self)
+        self.add_callback(self._loss_guard)
 
     # ---- teacher ---------------------------------------------------------------------------------------------
 
@@ -193,6 +200,8 @@ class DistillationTrainer(Trainer):
             terms["loss_attn"] = (attn.sum(), torch.tensor(attn.numel(), device=attn.device))
             total = total + args.gamma * attn
         self._accumulate(mode, terms)
+        if mode == "train":
+            self._loss_guard.observe(terms)  # NaN/inf check once per optimizer step, see guards.py
 
         if mode == "train" and num_items_in_batch is not None:
             loss = total.sum() / num_items_in_batch
@@ -241,6 +250,7 @@ class DistillationTrainer(Trainer):
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: add the terms averaged over the logging window
             logs.update(self._pop_term_means("train"))
+            logs.update(self._loss_guard.log_items())
         super().log(logs, start_time)
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
@@ -258,6 +268,7 @@ class DistillationTrainer(Trainer):
     # ---- artifacts -------------------------------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
+        resume_from_checkpoint = checks.before_train(self, resume_from_checkpoint)  # data, checkpoint, settings
         self._prior_training_seconds = _recorded_training_seconds(resume_from_checkpoint, self.args.output_dir)
         self._train_started, self._train_finished = time.monotonic(), None
         try:

@@ -1,0 +1,349 @@
+"""Checks that run before any training work: the teacher/student pair, the tokenizer, the datasets, the checkpoint.
+
+Each check raises `ValueError` naming the argument, the bad value and the fix. `DistillationTrainer` calls
+`check_models` in `__init__` and `before_train` at the start of `train()` (which also runs the checkpoint checks of
+`resume.py`), so a bad run fails in seconds instead of after the first step or the first evaluation. Dataset scans
+read whole columns through Arrow (lengths, minimum, maximum), never row by row, so they stay cheap on large
+datasets; datasets that are not `datasets.Dataset` are checked as far as they can be without iterating them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import json
+import logging
+import os
+import random
+from collections.abc import Callable, Mapping
+from contextlib import contextmanager
+from functools import partial
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from .resume import check_resume_settings, resolve_checkpoint
+
+if TYPE_CHECKING:
+    from .trainer import DistillationTrainer
+
+__all__ = ["before_train", "check_dataset", "check_models", "parse_config_file"]
+
+logger = logging.getLogger(__name__)
+
+LABEL_COLUMNS = ("labels", "label", "label_ids")
+IGNORE_INDEX = -100
+
+
+# ---- the teacher / student pair and the tokenizer ------------------------------------------------------------
+
+
+def _id2label(model: nn.Module) -> dict[int, str]:
+    mapping = getattr(getattr(model, "config", None), "id2label", None) or {}
+    return {int(k): str(v) for k, v in mapping.items()}
+
+
+def _embedding_rows(model: nn.Module) -> int | None:
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if isinstance(embeddings, nn.Embedding):
+        return embeddings.num_embeddings
+    return getattr(getattr(model, "config", None), "vocab_size", None)
+
+
+def _tokenizer_size(processing_class: Any) -> int | None:
+    tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps its tokenizer
+    if tokenizer is None or not hasattr(tokenizer, "convert_tokens_to_ids"):
+        return None
+    try:
+        return len(tokenizer)
+    except TypeError:
+        return None
+
+
+def check_models(student: nn.Module, teacher: nn.Module, processing_class: Any = None) -> None:
+    """Check that teacher and student predict the same labels and that the tokenizer fits both embeddings.
+
+    (`num_labels`, `vocab_size` and the layer map are checked by the trainer itself.)
+
+    Raises:
+        `ValueError` when both models name their labels and the names differ (e.g. swapped classes), or when
+        `processing_class` produces token ids past the end of either model's input embedding.
+    """
+    s_names, t_names = _id2label(student), _id2label(teacher)
+    if s_names and t_names and s_names != t_names:
+        generic = [names for names in (s_names, t_names) if all(v == f"LABEL_{k}" for k, v in names.items())]
+        if generic:  # one side has only the default LABEL_i names: unnamed, not contradictory
+            logger.warning(
+                "teacher id2label=%s but student id2label=%s: copy the teacher's id2label and label2id into the "
+                "student config so the saved student names its classes.",
+                t_names,
+                s_names,
+            )
+        else:
+            raise ValueError(
+                f"teacher id2label={t_names} but student id2label={s_names}: class i must mean the same thing in "
+                "both models, or the student learns swapped labels. Build the student with the teacher's id2label "
+                "and label2id (e.g. config.id2label = teacher.config.id2label)."
+            )
+    size = _tokenizer_size(processing_class)
+    if size is None:
+        return
+    for who, model in (("student", student), ("teacher", teacher)):
+        rows = _embedding_rows(model)
+        if rows is not None and size > rows:
+            raise ValueError(
+                f"`processing_class` has {size} tokens (len(tokenizer)) but the {who}'s input embedding has {rows} "
+                "rows, so token ids past the end would crash or read garbage. Use the tokenizer the teacher was "
+                "trained with, or call resize_token_embeddings(len(tokenizer)) on both models."
+            )
+
+
+# ---- datasets ----------------------------------------------------------------------------------------------
+
+
+class _Recheck(Exception):
+    """A finding on a dataset's whole table that must be confirmed on its selected rows."""
+
+
+def _scan_column(dataset: Any, column: str, check: Callable[..., None]) -> None:
+    """Run `check(array, exact)` on a column of a `datasets.Dataset`, cheaply.
+
+    After `shuffle`/`select`/`train_test_split` a dataset is a row selection over a larger Arrow table, and
+    gathering the selected rows costs seconds on large datasets. The whole table (a superset) is scanned first,
+    in milliseconds; only a finding there is confirmed on the exact rows, so the result is exact either way.
+    """
+    try:
+        import datasets
+    except ImportError:  # pragma: no cover - datasets is a dependency
+        return
+    if not isinstance(dataset, datasets.Dataset) or column not in dataset.column_names:
+        return
+    if getattr(dataset, "_indices", None) is None:
+        check(dataset.data.column(column), True)
+        return
+    try:
+        check(dataset.data.column(column), False)
+    except (ValueError, _Recheck):
+        check(dataset.with_format("arrow")[column], True)
+
+
+def _position_limit(model: nn.Module) -> tuple[int | None, bool]:
+    """How many positions `model` can read, and whether that is a hard limit (a learned position table)."""
+    base = getattr(model, "base_model", model)
+    table = getattr(getattr(base, "embeddings", None), "position_embeddings", None)
+    if table is None:
+        table = getattr(base, "wpe", None)  # GPT-2
+    if isinstance(table, nn.Embedding):
+        limit = table.num_embeddings
+        if table.padding_idx is not None:  # RoBERTa numbers positions from padding_idx + 1 (514 rows -> 512 tokens)
+            limit -= table.padding_idx + 1
+        return limit, True
+    config = getattr(model, "config", None)
+    return getattr(config, "max_position_embeddings", None) or getattr(config, "n_positions", None), False
+
+
+def _label_bound(model: nn.Module) -> tuple[str, int] | None:
+    """(`name`, n): labels must lie in 0..n-1 (or be -100), for the heads whose labels are class indices."""
+    config, name = getattr(model, "config", None), type(model).__name__
+    if name.endswith(("ForSequenceClassification", "ForTokenClassification")):
+        num_labels = getattr(config, "num_labels", None)
+        if getattr(config, "problem_type", None) in ("regression", "multi_label_classification") or not num_labels:
+            return None
+        return ("num_labels", num_labels) if num_labels > 1 else None
+    if name.endswith(("ForMaskedLM", "ForCausalLM", "LMHeadModel")):
+        rows = _embedding_rows(model)
+        return ("vocab_size", rows) if rows else None
+    return None
+
+
+@contextmanager
+def _rng_preserved():
+    """Run a collator without moving any random state, so that checking does not change the training run."""
+    py_state, np_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[]):
+        try:
+            yield
+        finally:
+            random.setstate(py_state)
+            np.random.set_state(np_state)
+
+
+def _collated_keys(dataset: Any, collate: Callable | None, keep: set[str] | None) -> set[str] | None:
+    """Keys of the batch the collator makes from the first example, or None when that cannot be tried cheaply."""
+    if collate is None or isinstance(dataset, torch.utils.data.IterableDataset) or not hasattr(dataset, "__getitem__"):
+        return None
+    try:
+        example = dataset[0]
+        if keep is not None and isinstance(example, Mapping):
+            example = {k: v for k, v in example.items() if k in keep}
+        with _rng_preserved():
+            batch = collate([example])
+    except Exception:  # the collator may need things we do not replicate; the column check still applies
+        return None
+    return set(batch) if isinstance(batch, Mapping) else None
+
+
+def _check_labels(column, exact: bool, name: str, label_column: str, models: Mapping[str, nn.Module]) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    nested = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+    values = pc.list_flatten(column) if nested else column  # token classification: one label per token
+    bound = next(((who, b) for who, m in models.items() if (b := _label_bound(m)) is not None), None)
+    if bound is None:
+        return
+    who, (field_name, n) = bound
+    if pa.types.is_string(values.type) or pa.types.is_large_string(values.type):
+        sample = pc.unique(values).to_pylist()[:3]
+        raise ValueError(
+            f"{name} column {label_column!r} holds strings ({', '.join(map(repr, sample))}), but the {who} expects "
+            f"class indices 0..{n - 1}. Map them with the model's label2id, e.g. "
+            f"dataset.map(lambda r: {{'{label_column}': label2id[r['{label_column}']]}})."
+        )
+    if not pa.types.is_integer(values.type):
+        return  # floats: soft or regression targets, nothing to range-check
+    values = pc.filter(values, pc.not_equal(values, IGNORE_INDEX))
+    bad = pc.filter(values, pc.or_(pc.less(values, 0), pc.greater_equal(values, n)))
+    if len(bad):
+        sample = sorted(pc.unique(bad).to_pylist())[:5]
+        raise ValueError(
+            f"{name} column {label_column!r} holds label values {sample} outside the {who}'s label set 0..{n - 1} "
+            f"({field_name}={n}; -100 marks an ignored label). Remap the labels to 0..{n - 1}, or build both models "
+            f"with {field_name}={max(sample) + 1} if the data has more classes."
+        )
+
+
+def _check_input_ids(column, exact: bool, name: str, models: Mapping[str, nn.Module]) -> None:
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    listed = pa.types.is_list(column.type) or pa.types.is_large_list(column.type)
+    if not (listed or pa.types.is_fixed_size_list(column.type)) or not pa.types.is_integer(column.type.value_type):
+        return  # not one token sequence per row (e.g. multiple choice): nothing cheap to check
+    lengths = pc.list_value_length(column)
+    longest = pc.max(lengths).as_py() or 0
+    for who, model in models.items():
+        limit, hard = _position_limit(model)
+        if limit is not None and longest > limit:
+            row = pc.index(lengths, longest).as_py()
+            message = (
+                f"{name} row {row} has {longest} tokens but the {who} reads at most {limit} positions "
+                f"(max_position_embeddings). Truncate when tokenizing: tokenizer(..., truncation=True, "
+                f"max_length={limit})."
+            )
+            if hard:
+                raise ValueError(message)
+            if not exact:
+                raise _Recheck(message)
+            logger.warning(message)
+    ids = pc.min_max(pc.list_flatten(column)).as_py()
+    if ids["min"] is None:
+        return
+    for who, model in models.items():
+        rows = _embedding_rows(model)
+        if ids["min"] < 0 or (rows is not None and ids["max"] >= rows):
+            raise ValueError(
+                f"{name} `input_ids` span {ids['min']}..{ids['max']} but the {who}'s input embedding has {rows} rows "
+                "(valid ids 0..{}): the data was tokenized with a different tokenizer than the models'. Tokenize "
+                "with the teacher's tokenizer.".format((rows or 1) - 1)
+            )
+
+
+def check_dataset(
+    dataset: Any,
+    name: str,
+    models: Mapping[str, nn.Module],
+    require_labels: bool = False,
+    collate: Callable | None = None,
+    keep_columns: set[str] | None = None,
+) -> None:
+    """Check a dataset before training: not empty, labels present if needed and in range, sequences that fit.
+
+    Args:
+        dataset: a `datasets.Dataset` (fully checked), or any other dataset (checked as far as possible cheaply).
+        name (`str`): how the error names it, e.g. `"train_dataset"`.
+        models (`Mapping[str, nn.Module]`): `{"student": ..., "teacher": ...}`; limits come from each.
+        require_labels (`bool`): the hard-label loss is on (`alpha > 0`), so batches must carry `labels`.
+        collate (`Callable`, *optional*): the data collator; batches are judged on what it makes of one example,
+            since collators may create labels (language modelling) or rename `label` to `labels`.
+        keep_columns (`set[str]`, *optional*): the columns `Trainer` keeps (the others are dropped before collating).
+
+    Raises:
+        `ValueError` naming the dataset, the bad value and the fix.
+    """
+    if dataset is None:
+        return
+    if hasattr(dataset, "__len__") and len(dataset) == 0:
+        raise ValueError(f"{name} is empty (0 rows): check the split name, file path and any filter() before it.")
+    columns = set(getattr(dataset, "column_names", None) or [])
+    if require_labels:
+        keys = _collated_keys(dataset, collate, keep_columns)
+        has_labels = "labels" in keys if keys is not None else (not columns or bool(columns & set(LABEL_COLUMNS)))
+        if not has_labels:
+            found = sorted(keys if keys is not None else columns)
+            raise ValueError(
+                f"alpha > 0 weights the hard-label loss, but the batches built from {name} have no `labels` "
+                f"(they hold: {', '.join(found)}). Add a label column named 'label' or 'labels', or set alpha=0 to "
+                "distil from the teacher alone."
+            )
+    label_column = next((c for c in LABEL_COLUMNS if c in columns), None)
+    if label_column is not None:
+        check_labels = partial(_check_labels, name=name, label_column=label_column, models=models)
+        _scan_column(dataset, label_column, check_labels)
+    _scan_column(dataset, "input_ids", partial(_check_input_ids, name=name, models=models))
+
+
+def before_train(trainer: DistillationTrainer, resume_from_checkpoint: str | bool | None) -> str | None:
+    """Everything `DistillationTrainer.train()` checks before the first step; returns the checkpoint to resume."""
+    args = trainer.args
+    models = {"student": trainer.accelerator.unwrap_model(trainer.model), "teacher": trainer.teacher_model}
+    keep = None
+    if args.remove_unused_columns and hasattr(trainer, "_set_signature_columns_if_needed"):
+        trainer._set_signature_columns_if_needed()
+        keep = set(trainer._signature_columns or []) or None
+    check_dataset(trainer.train_dataset, "train_dataset", models, args.alpha > 0, trainer.data_collator, keep)
+    evals = trainer.eval_dataset if isinstance(trainer.eval_dataset, Mapping) else {None: trainer.eval_dataset}
+    for key, dataset in evals.items():
+        check_dataset(dataset, "eval_dataset" if key is None else f"eval_dataset[{key!r}]", models)
+    checkpoint = resolve_checkpoint(resume_from_checkpoint, args.output_dir)
+    if checkpoint is not None:
+        check_resume_settings(checkpoint, trainer.distillation_record(), args.allow_resume_with_different_settings)
+    return checkpoint
+
+
+# ---- config files ------------------------------------------------------------------------------------------
+
+
+def parse_config_file(path: str | os.PathLike, dataclass_types: Any = None) -> tuple[Any, ...]:
+    """Parse a JSON or YAML config into `DistillationArguments` (or `dataclass_types`), refusing unknown keys.
+
+    YAML is read with `yaml.safe_load`, so no tag in the file can construct objects or run code. A mistyped key
+    raises with the closest valid name, e.g. `'temprature' (did you mean 'temperature'?)`.
+
+    >>> (args,) = parse_config_file("distill.yaml")  # doctest: +SKIP
+    """
+    import yaml
+    from transformers import HfArgumentParser
+
+    from .args import DistillationArguments
+
+    parser = HfArgumentParser(dataclass_types or DistillationArguments)
+    text = Path(path).read_text(encoding="utf-8")
+    data = json.loads(text) if str(path).endswith(".json") else yaml.safe_load(text)
+    if not isinstance(data, dict):
+        raise ValueError(f"config file {str(path)!r} must hold a mapping of argument names to values.")
+    known = sorted({f.name for dtype in parser.dataclass_types for f in dataclasses.fields(dtype) if f.init})
+    unknown = sorted(set(data) - set(known))
+    if unknown:
+        hints = []
+        for key in unknown:
+            close = difflib.get_close_matches(key, known, n=1)
+            hints.append(f"{key!r} (did you mean {close[0]!r}?)" if close else repr(key))
+        raise ValueError(
+            f"config file {str(path)!r} has unknown keys: {', '.join(hints)}. Fix the spelling or remove them; "
+            "valid keys are the fields of DistillationArguments (which include all of TrainingArguments)."
+        )
+    return parser.parse_dict(data)
