@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from .args import DistillationArguments
 from .artifacts import DistillationRecord, load_distillation_config, load_training_history
+from .card import build_model_card, teacher_lineage
 from .losses import attention_kl_loss, attention_mse_loss, hard_label_loss, soft_label_loss
 from .modeling import default_layer_map
 from .trainer import DistillationTrainer
@@ -14,9 +15,11 @@ __all__ = [
     "DistillationTrainer",
     "attention_kl_loss",
     "attention_mse_loss",
+    "build_model_card",
     "default_layer_map",
     "hard_label_loss",
     "load_distillation_config",
     "load_training_history",
     "soft_label_loss",
+    "teacher_lineage",
 ]

@@ -105,10 +105,22 @@ def test_card_model_index_from_dataset_info_and_from_create_model_card(tmp_path)
 
 
 def _record(**overrides) -> DistillationRecord:
-    values = dict(teacher_model="org/teacher", teacher_architecture="BertForSequenceClassification",
-                  student_architecture="BertForSequenceClassification", teacher_num_parameters=1000,
-                  student_num_parameters=400, teacher_num_layers=4, student_num_layers=2, compression_ratio=2.5,
-                  temperature=4.0, alpha=0.1, beta=0.5, gamma=0.4, attention_loss="kl", layer_map=[1, 3])  # fmt: skip
+    values = dict(
+        teacher_model="org/teacher",
+        teacher_architecture="BertForSequenceClassification",
+        student_architecture="BertForSequenceClassification",
+        teacher_num_parameters=1000,
+        student_num_parameters=400,
+        teacher_num_layers=4,
+        student_num_layers=2,
+        compression_ratio=2.5,
+        temperature=4.0,
+        alpha=0.1,
+        beta=0.5,
+        gamma=0.4,
+        attention_loss="kl",
+        layer_map=[1, 3],
+    )
     return DistillationRecord(**(values | overrides))
 
 
@@ -131,6 +143,7 @@ def test_card_reads_the_report(tmp_path):
         datasets=[CardDataset("glue", "GLUE", "sst2", "validation")],
     )
     parsed = ModelCard(str(card))
+    assert parsed.data.base_model == "org/teacher"  # the teacher is a Hub id
     assert {(r.metric_type, r.metric_value) for r in parsed.data.eval_results} == {("accuracy", 0.84), ("f1", 0.8)}
     assert "| Teacher | 0.9 | 0.88 |" in card.text
     assert "| Student before distillation | 0.6 | n/a |" in card.text
@@ -168,7 +181,7 @@ def test_lineage_section_lists_the_chain():
             "alpha": 0.0,
             "beta": 1.0,
             "gamma": 0.0,
-        }  # fmt: skip
+        }
     ]
     card = build_model_card(_record(teacher_model="/models/b", teacher_lineage=lineage), model_name="c", load_path="c")
     assert card.data.base_model is None  # a local teacher is no Hub reference
