@@ -52,21 +52,11 @@ _TASK_BY_SUFFIX = (
     ("ForCausalLM", "text-generation", "AutoModelForCausalLM"),
     ("LMHeadModel", "text-generation", "AutoModelForCausalLM"),
 )
+# What a lineage step keeps of the teacher's own record (plus `model`, the teacher's path).
 _LINEAGE_KEYS = (
-    "teacher_model",
-    "student_architecture",
-    "student_num_parameters",
-    "student_num_layers",
-    "teacher_num_parameters",
-    "compression_ratio",
-    "student_layers_from_teacher",
-    "temperature",
-    "alpha",
-    "beta",
-    "gamma",
-    "attention_loss",
-    "layer_map",
-)
+    "teacher_model student_architecture student_num_parameters student_num_layers teacher_num_parameters "
+    "compression_ratio student_layers_from_teacher temperature alpha beta gamma attention_loss layer_map"
+).split()
 _CITATION = """```bibtex
 @article{hinton2015distilling,
   title   = {Distilling the Knowledge in a Neural Network},
