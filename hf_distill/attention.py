@@ -82,9 +82,7 @@ class AttentionRecorder:
         self._keys.clear()
         return maps
 
-    def _probabilities(
-        self, slot: int, spec: SelfAttentionSpec, attention_mask: torch.Tensor | None
-    ) -> torch.Tensor:
+    def _probabilities(self, slot: int, spec: SelfAttentionSpec, attention_mask: torch.Tensor | None) -> torch.Tensor:
         query, key = self._queries[slot], self._keys[slot]
         batch, length, _ = query.shape
         q = query.float().view(batch, length, spec.num_heads, spec.head_dim).transpose(1, 2)  # (B, H, T, D)

@@ -28,7 +28,11 @@ import torch.nn.functional as F
 __all__ = [
     "attention_kl_loss",
     "attention_mse_loss",
+    "attention_score_mse_loss",
     "hard_label_loss",
+    "hidden_cosine_loss",
+    "hidden_mse_loss",
+    "relation_kl_loss",
     "soft_label_loss",
 ]
 
@@ -161,3 +165,139 @@ def _check_maps(student: torch.Tensor, teacher: torch.Tensor, same_heads: bool) 
             f"attention_loss='kl' compares heads one to one, but the student has {student.shape[1]} heads and the "
             f"teacher {teacher.shape[1]}. Use attention_loss='mse' (head-averaged maps) for different head counts."
         )
+
+
+# ---- beyond the seed: the published attention and hidden-state terms ---------------------------------------------
+
+
+def attention_score_mse_loss(
+    student_scores: torch.Tensor,
+    teacher_scores: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """TinyBERT's attention loss: MSE between per-head *pre-softmax* scores `Q K^T * scaling`, valid entries only.
+
+    TinyBERT (Jiao et al., 2020, https://arxiv.org/abs/1909.10351) compares unnormalised scores, which keeps the
+    gradient from vanishing where softmax saturates. Needs equal head counts.
+
+    Args:
+        student_scores (`torch.Tensor` of shape `(B, H, T, T)`): student attention scores before softmax.
+        teacher_scores (`torch.Tensor` of shape `(B, H, T, T)`): teacher attention scores before softmax.
+        attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*): 1 for real tokens, 0 for padding.
+        reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"` over examples.
+    """
+    _check_maps(student_scores, teacher_scores, same_heads=True)
+    valid = _valid_entries(attention_mask, student_scores)[:, None]  # (B, 1, T, T)
+    squared = (student_scores.float() - teacher_scores.float()).square()
+    squared = torch.where(valid, squared, torch.zeros_like(squared))  # masked scores may be -inf: drop, not scale
+    per_example = squared.sum(dim=(1, 2, 3)) / (valid.sum(dim=(1, 2, 3)) * student_scores.shape[1]).clamp_min(1)
+    return _reduce(per_example, reduction)
+
+
+def _relation_log_probs(states: torch.Tensor, num_heads: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """log softmax(X_r X_r^T / sqrt(d_r)) for `num_heads` relation heads of `states` (B, T, D): (B, R, T, T)."""
+    batch, length, width = states.shape
+    if width % num_heads:
+        raise ValueError(
+            f"relation heads must divide the hidden width: {width} is not a multiple of num_relation_heads="
+            f"{num_heads}. Choose a number of relation heads that divides both teacher and student widths."
+        )
+    head_dim = width // num_heads
+    x = states.float().view(batch, length, num_heads, head_dim).transpose(1, 2)  # (B, R, T, d)
+    scores = torch.matmul(x, x.transpose(-1, -2)) / head_dim**0.5  # (B, R, T, T)
+    if attention_mask is not None:
+        padded_keys = ~attention_mask.to(scores.device).bool()[:, None, None, :]
+        scores = scores.masked_fill(padded_keys, torch.finfo(scores.dtype).min)
+    return scores.log_softmax(dim=-1)
+
+
+def relation_kl_loss(
+    student_states: torch.Tensor,
+    teacher_states: torch.Tensor,
+    num_relation_heads: int,
+    attention_mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Self-relation transfer: `KL(R_t || R_s)` with `R = softmax(X_r X_r^T / sqrt(d_r))` over relation heads.
+
+    With `X` the queries, keys or values of a layer this is one of MiniLMv2's Q-Q, K-K, V-V relations
+    (Wang et al., 2021, https://arxiv.org/abs/2012.15828); with the values and the attention head count it is
+    MiniLM's value relation (https://arxiv.org/abs/2002.10957). The states are split into `num_relation_heads`
+    relation heads of their own width, so teacher and student may differ in width and attention head count.
+
+    Args:
+        student_states (`torch.Tensor` of shape `(B, T, D_s)`): e.g. the student's query projections.
+        teacher_states (`torch.Tensor` of shape `(B, T, D_t)`): the teacher's matching projections.
+        num_relation_heads (`int`): relation heads `R`; must divide `D_s` and `D_t`.
+        attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*): 1 for real tokens, 0 for padding.
+        reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"` over examples.
+    """
+    if student_states.shape[:2] != teacher_states.shape[:2]:
+        raise ValueError(
+            f"student states {tuple(student_states.shape)} and teacher states {tuple(teacher_states.shape)} differ "
+            "in batch or sequence length: both models must see the same tokenised batch."
+        )
+    student_log = _relation_log_probs(student_states, num_relation_heads, attention_mask)  # (B, R, T, T)
+    teacher_log = _relation_log_probs(teacher_states, num_relation_heads, attention_mask)
+    valid = _valid_entries(attention_mask, student_log)[:, None]  # (B, 1, T, T)
+    pointwise = teacher_log.exp() * (teacher_log - student_log)
+    row_kl = torch.where(valid, pointwise, torch.zeros_like(pointwise)).sum(dim=-1)  # (B, R, T)
+    valid_rows = valid.any(dim=-1).expand_as(row_kl)
+    per_example = (row_kl * valid_rows).sum(dim=(1, 2)) / valid_rows.sum(dim=(1, 2)).clamp_min(1)
+    return _reduce(per_example, reduction)
+
+
+def _valid_tokens(attention_mask: torch.Tensor | None, states: torch.Tensor) -> torch.Tensor:
+    if attention_mask is None:
+        return torch.ones(states.shape[:2], dtype=torch.bool, device=states.device)
+    return attention_mask.to(states.device).bool()  # (B, T)
+
+
+def hidden_mse_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """TinyBERT's hidden-state (and embedding) loss: MSE over the valid tokens, averaged over the width.
+
+    When the widths differ, project the student first (TinyBERT learns a linear map `W_h` trained with the
+    student) and pass the projected states here.
+
+    Args:
+        student_hidden (`torch.Tensor` of shape `(B, T, D)`): (projected) student hidden states.
+        teacher_hidden (`torch.Tensor` of shape `(B, T, D)`): teacher hidden states.
+        attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*): 1 for real tokens, 0 for padding.
+        reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"` over examples.
+    """
+    if student_hidden.shape != teacher_hidden.shape:
+        raise ValueError(
+            f"student hidden states {tuple(student_hidden.shape)} and teacher hidden states "
+            f"{tuple(teacher_hidden.shape)} differ in shape: project the student to the teacher's width first."
+        )
+    valid = _valid_tokens(attention_mask, student_hidden)  # (B, T)
+    squared = (student_hidden.float() - teacher_hidden.float()).square().mean(dim=-1)  # (B, T)
+    per_example = (squared * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)
+    return _reduce(per_example, reduction)
+
+
+def hidden_cosine_loss(
+    student_hidden: torch.Tensor,
+    teacher_hidden: torch.Tensor,
+    attention_mask: torch.Tensor | None = None,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """DistilBERT's cosine loss: `1 - cos(h_s, h_t)` per valid token, averaged over the example's tokens.
+
+    Sanh et al., 2019, https://arxiv.org/abs/1910.01108 (applied to the last hidden layer; widths must match).
+    """
+    if student_hidden.shape != teacher_hidden.shape:
+        raise ValueError(
+            f"student hidden states {tuple(student_hidden.shape)} and teacher hidden states "
+            f"{tuple(teacher_hidden.shape)} differ in shape: the cosine loss needs equal widths."
+        )
+    valid = _valid_tokens(attention_mask, student_hidden)
+    cosine = F.cosine_similarity(student_hidden.float(), teacher_hidden.float(), dim=-1)  # (B, T)
+    per_example = ((1 - cosine) * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)
+    return _reduce(per_example, reduction)

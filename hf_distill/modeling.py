@@ -120,7 +120,8 @@ def self_attention_spec(model: nn.Module, layer_index: int) -> SelfAttentionSpec
     """
     config = getattr(model, "config", None)
     position_type = getattr(config, "position_embedding_type", "absolute")
-    if position_type in _UNSUPPORTED_POSITIONS or getattr(config, "rope_theta", None) is not None:
+    rotary = getattr(config, "rope_parameters", None) or getattr(config, "rope_theta", None)
+    if position_type in _UNSUPPORTED_POSITIONS or rotary:
         raise ValueError(
             f"{type(model).__name__} uses {position_type if position_type != 'absolute' else 'rotary'} position "
             "embeddings, so its attention maps cannot be recomputed from the query/key projections. Set gamma=0 "

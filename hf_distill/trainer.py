@@ -73,7 +73,7 @@ class DistillationTrainer(Trainer):
         args (`DistillationArguments`): training and distillation settings.
         **kwargs: every other `Trainer` argument (`train_dataset`, `eval_dataset`, `processing_class`, ...).
 
-    >>> trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train)  # doctest: +SKIP
+    >>> trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args)  # doctest: +SKIP
     >>> trainer.train()  # doctest: +SKIP
     """
 
@@ -191,7 +191,8 @@ class DistillationTrainer(Trainer):
                 total = total + args.beta * kd
         if student_maps is not None:
             attention_fn = losses.attention_kl_loss if args.attention_loss == "kl" else losses.attention_mse_loss
-            per_layer = [attention_fn(s, t, attention_mask, reduction="none") for s, t in zip(student_maps, teacher_maps)]
+            pairs = zip(student_maps, teacher_maps)
+            per_layer = [attention_fn(s, t, attention_mask, reduction="none") for s, t in pairs]
             attn = torch.stack(per_layer).mean(dim=0)  # (B,) averaged over mapped layers
             terms["loss_attn"] = (attn.sum(), torch.tensor(attn.numel(), device=attn.device))
             total = total + args.gamma * attn
@@ -289,7 +290,8 @@ class DistillationTrainer(Trainer):
             learning_rate=args.learning_rate,
             per_device_train_batch_size=args.per_device_train_batch_size,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
-            total_train_batch_size=args.per_device_train_batch_size * args.gradient_accumulation_steps
+            total_train_batch_size=args.per_device_train_batch_size
+            * args.gradient_accumulation_steps
             * max(1, args.world_size),
             num_train_epochs=args.num_train_epochs,
             max_steps=args.max_steps,

@@ -1,0 +1,150 @@
+"""Recorded attention maps equal the model's own eager maps, for every supported family, whatever the kernel."""
+
+import pytest
+import torch
+from transformers import (
+    BertConfig,
+    BertForSequenceClassification,
+    DistilBertConfig,
+    DistilBertForSequenceClassification,
+    ElectraConfig,
+    ElectraForSequenceClassification,
+    LlamaConfig,
+    LlamaForSequenceClassification,
+    RobertaConfig,
+    RobertaForSequenceClassification,
+)
+
+from hf_distill.attention import AttentionRecorder
+
+COMMON = dict(vocab_size=64, max_position_embeddings=40, num_labels=2)
+
+
+def _bert():
+    return BertForSequenceClassification(
+        BertConfig(hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, **COMMON)
+    )
+
+
+def _roberta():
+    return RobertaForSequenceClassification(
+        RobertaConfig(
+            hidden_size=32, num_hidden_layers=3, num_attention_heads=4, intermediate_size=64, pad_token_id=1, **COMMON
+        )
+    )
+
+
+def _electra():
+    return ElectraForSequenceClassification(
+        ElectraConfig(
+            embedding_size=16,
+            hidden_size=32,
+            num_hidden_layers=3,
+            num_attention_heads=4,
+            intermediate_size=64,
+            **COMMON,
+        )
+    )
+
+
+def _distilbert():
+    return DistilBertForSequenceClassification(
+        DistilBertConfig(dim=32, n_layers=3, n_heads=4, hidden_dim=64, **COMMON)
+    )
+
+
+BUILDERS = {"bert": _bert, "roberta": _roberta, "electra": _electra, "distilbert": _distilbert}
+
+
+def _batch():
+    input_ids = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 11, 12, 0, 0, 0]])
+    attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
+    return input_ids, attention_mask
+
+
+@pytest.mark.parametrize("family", sorted(BUILDERS))
+def test_recorded_maps_equal_eager_maps_under_sdpa(family):
+    torch.manual_seed(0)
+    model = BUILDERS[family]().eval()
+    assert model.config._attn_implementation == "sdpa"  # the transformers 5.x default
+    input_ids, attention_mask = _batch()
+    recorder = AttentionRecorder(model, [0, 2])
+    with recorder.recording(), torch.no_grad():
+        model(input_ids=input_ids, attention_mask=attention_mask)
+    recorded = recorder.attention_maps(attention_mask)
+
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        eager = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True).attentions
+    for got, want in zip(recorded, (eager[0], eager[2])):
+        assert got.shape == want.shape
+        torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-4)
+
+
+def test_maps_are_pre_dropout_in_training_mode():
+    torch.manual_seed(0)
+    config = BertConfig(
+        hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5, **COMMON,
+    )  # fmt: skip
+    model = BertForSequenceClassification(config)
+    input_ids, attention_mask = _batch()
+    recorder = AttentionRecorder(model, [0, 1])
+    maps = {}
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        with recorder.recording(), torch.no_grad():
+            model(input_ids=input_ids, attention_mask=attention_mask)
+        maps[mode] = recorder.attention_maps(attention_mask)
+    # Layer 0 sees the same inputs in both modes (attention dropout only acts after it), so its map is identical.
+    torch.testing.assert_close(maps["train"][0], maps["eval"][0])
+    for train_map in maps["train"]:  # dropout would zero entries and rescale rows to sum != 1
+        torch.testing.assert_close(train_map.sum(-1), torch.ones_like(train_map.sum(-1)))
+        assert torch.all(train_map[0] > 0)  # the unpadded example has no masked keys
+
+
+def test_padding_does_not_change_the_valid_block():
+    torch.manual_seed(0)
+    model = _bert().eval()
+    short_ids, short_mask = torch.tensor([[5, 11, 12]]), torch.tensor([[1, 1, 1]])
+    long_ids, long_mask = torch.tensor([[5, 11, 12, 0, 0]]), torch.tensor([[1, 1, 1, 0, 0]])
+    recorder = AttentionRecorder(model, [1])
+    with recorder.recording(), torch.no_grad():
+        model(input_ids=short_ids, attention_mask=short_mask)
+    (short,) = recorder.attention_maps(short_mask)
+    with recorder.recording(), torch.no_grad():
+        model(input_ids=long_ids, attention_mask=long_mask)
+    (long,) = recorder.attention_maps(long_mask)
+    torch.testing.assert_close(long[:, :, :3, :3], short, atol=1e-6, rtol=1e-5)
+    assert torch.all(long[:, :, :, 3:] == 0)
+
+
+def test_missing_forward_raises_instead_of_returning_nothing():
+    model = _bert()
+    recorder = AttentionRecorder(model, [0])
+    with recorder.recording():
+        pass
+    with pytest.raises(RuntimeError, match="no attention projections were captured"):
+        recorder.attention_maps(None)
+
+
+def test_rotary_models_are_refused_with_a_clear_message():
+    config = LlamaConfig(
+        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+        num_key_value_heads=4, num_labels=2, pad_token_id=0,
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="gamma=0"):
+        AttentionRecorder(LlamaForSequenceClassification(config), [0])
+
+
+def test_hooks_record_nothing_outside_recording():
+    model = _bert().eval()
+    recorder = AttentionRecorder(model, [0])
+    input_ids, attention_mask = _batch()
+    with torch.no_grad():
+        model(input_ids=input_ids, attention_mask=attention_mask)
+    assert not recorder._queries and not recorder._keys
+    recorder.remove()
+    with recorder.recording(), torch.no_grad():
+        model(input_ids=input_ids, attention_mask=attention_mask)
+    assert not recorder._queries
