@@ -6,6 +6,7 @@ from .args import DistillationArguments
 from .artifacts import DistillationRecord, load_distillation_config, load_training_history
 from .checks import parse_config_file
 from .guards import NonFiniteLossError
+from .card import build_model_card, teacher_lineage
 from .losses import attention_kl_loss, attention_mse_loss, hard_label_loss, soft_label_loss
 from .modeling import default_layer_map
 from .student import build_student
@@ -19,10 +20,12 @@ __all__ = [
     "attention_kl_loss",
     "attention_mse_loss",
     "build_student",
+    "build_model_card",
     "default_layer_map",
     "hard_label_loss",
     "load_distillation_config",
     "load_training_history",
     "parse_config_file",
     "soft_label_loss",
+    "teacher_lineage",
 ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import math
 from dataclasses import dataclass, field
 
@@ -115,6 +116,23 @@ class DistillationArguments(TrainingArguments):
                     f"`layer_map` must list one teacher layer index >= 0 per student layer, got {self.layer_map!r}."
                 )
             self.layer_map = list(self.layer_map)
+
+    # `Trainer` pickles the arguments into `training_args.bin` beside every save (and pushes it to the Hub); a plain
+    # pickle would carry `hub_token` in clear text. Pickles get `None` for every `*_token` field (the rule of
+    # `TrainingArguments.to_dict`); in-memory copies keep the token so pushes still authenticate.
+    def __getstate__(self) -> dict:
+        return {k: None if k.endswith("_token") else v for k, v in self.__dict__.items()}
+
+    def __copy__(self) -> DistillationArguments:
+        new = object.__new__(type(self))
+        new.__dict__.update(self.__dict__)
+        return new
+
+    def __deepcopy__(self, memo: dict) -> DistillationArguments:
+        new = object.__new__(type(self))
+        memo[id(self)] = new
+        new.__dict__.update(copy.deepcopy(self.__dict__, memo))
+        return new
 
     def distillation_settings(self) -> dict:
         """The distillation fields (not the generic training ones), as saved in `distillation_config.json`."""

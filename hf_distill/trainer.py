@@ -7,6 +7,7 @@ import inspect
 import json
 import logging
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -18,9 +19,10 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from . import checks, losses
 from .args import DistillationArguments
-from .artifacts import CONFIG_NAME, DistillationRecord, library_versions, write_artifacts
+from .artifacts import CONFIG_NAME, HISTORY_NAME, DistillationRecord, library_versions, write_artifacts
 from .attention import AttentionRecorder
 from .guards import NonFiniteLossGuard
+from .card import CARD_NAME, teacher_lineage, trainer_model_card, write_model_card
 from .modeling import count_parameters, default_layer_map, num_layers
 
 __all__ = ["DistillationTrainer", "load_teacher"]
@@ -119,6 +121,8 @@ class DistillationTrainer(Trainer):
             _check_heads(args, self._student_recorder, self._teacher_recorder)
         self._term_sums: dict[str, dict[str, list[torch.Tensor]]] = {"train": {}, "eval": {}}
         self._teacher_num_parameters = count_parameters(self.teacher_model)
+        self._teacher_lineage = teacher_lineage(self.teacher_name_or_path)
+        self._card_kwargs: dict[str, Any] = {}  # what the last create_model_card call was given, kept for later saves
         self._prior_training_seconds = 0.0
         self._train_started: float | None = None
         self._train_finished: float | None = None
@@ -308,13 +312,34 @@ class DistillationTrainer(Trainer):
             best_metric=self.state.best_metric,
             best_model_checkpoint=self.state.best_model_checkpoint,
             training_time_seconds=round(self._prior_training_seconds + elapsed, 3),
+            teacher_lineage=self._teacher_lineage,
             versions=library_versions(),
         )
 
     def _save(self, output_dir: str | None = None, state_dict: dict | None = None) -> None:
         super()._save(output_dir, state_dict)
         if self.args.should_save:
-            write_artifacts(output_dir or self.args.output_dir, self.distillation_record(), self.state.log_history)
+            output_dir, record = output_dir or self.args.output_dir, self.distillation_record()
+            write_artifacts(output_dir, record, self.state.log_history)
+            write_model_card(trainer_model_card(self, output_dir, record=record, **self._card_kwargs), output_dir)
+
+    def create_model_card(self, **kwargs: Any) -> None:
+        """Write the distillation model card to `output_dir/README.md` (see `hf_distill.card`); `push_to_hub` calls it.
+
+        Takes `Trainer.create_model_card`'s arguments (`language`, `license`, `tags`, `model_name`, `finetuned_from`,
+        `tasks`, `dataset_tags`, `dataset`, `dataset_args`); they are remembered for the cards of later saves.
+        """
+        self._card_kwargs.update({k: v for k, v in kwargs.items() if v is not None})
+        if self.is_world_process_zero():
+            write_model_card(trainer_model_card(self, self.args.output_dir, **self._card_kwargs), self.args.output_dir)
+
+    def _push_from_checkpoint(self, checkpoint_folder: str) -> None:
+        # Trainer copies only weights, config and tokenizer from the checkpoint into output_dir before uploading it.
+        if self.is_world_process_zero():
+            for name in (CONFIG_NAME, HISTORY_NAME, CARD_NAME):
+                if os.path.isfile(os.path.join(checkpoint_folder, name)):
+                    shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(self.args.output_dir, name))
+        super()._push_from_checkpoint(checkpoint_folder)
 
 
 def _name_of(model: nn.Module) -> str | None:
