@@ -7,6 +7,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .engines import TEACHER_DTYPES
+
 __all__ = ["ATTENTION_LOSSES", "DistillationArguments"]
 
 ATTENTION_LOSSES = ("mse", "kl")
@@ -34,6 +36,9 @@ class DistillationArguments(TrainingArguments):
         layer_map (`list[int]`, *optional*):
             For each student layer, the teacher layer whose attention it learns (0-indexed). Defaults to a uniform
             map in which the last student layer matches the last teacher layer: 12 -> 6 gives [1, 3, 5, 7, 9, 11].
+        teacher_dtype (`str`, *optional*):
+            Cast the teacher's weights to this dtype: `"bfloat16"`/`"float16"` halve its memory while the student
+            trains in float32 or mixed precision; `"auto"` follows `bf16`/`fp16`. Default: keep the teacher as loaded.
 
     The lab notebook's nested formula `BETA * (ALPHA * CE + (1 - ALPHA) * KD) + GAMMA * attn` is reproduced by
     `alpha = BETA * ALPHA`, `beta = BETA * (1 - ALPHA)`, `gamma = GAMMA` (0.05, 0.45, 0.4 for its 0.1/0.5/0.4).
@@ -61,6 +66,15 @@ class DistillationArguments(TrainingArguments):
         metadata={
             "help": "Teacher layer (0-indexed) for each student layer, e.g. 1 3 5 7 9 11. Default: uniform map whose "
             "last student layer matches the last teacher layer."
+        },
+    )
+
+    teacher_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Run the teacher in this dtype ('bfloat16' or 'float16' halve its memory; 'auto' follows "
+            "bf16/fp16). Default: keep the dtype the teacher was loaded in.",
+            "choices": list(TEACHER_DTYPES),
         },
     )
 
@@ -96,6 +110,10 @@ class DistillationArguments(TrainingArguments):
                     f"`layer_map` must list one teacher layer index >= 0 per student layer, got {self.layer_map!r}."
                 )
             self.layer_map = list(self.layer_map)
+        if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
+            raise ValueError(
+                f"`teacher_dtype` must be one of {', '.join(TEACHER_DTYPES)} (or unset), got {self.teacher_dtype!r}."
+            )
 
     def distillation_settings(self) -> dict:
         """The distillation fields (not the generic training ones), as saved in `distillation_config.json`."""
