@@ -8,8 +8,9 @@ the student, so that a teacher larger than one device still runs:
 * DeepSpeed: the teacher becomes a DeepSpeed inference engine built from a copy of the run's DeepSpeed config,
   with ZeRO stage 3 kept (parameters stay partitioned) and stages 0-2 turned into stage 0 (a full replica per
   rank; there are no gradients or optimizer states to partition), without optimizer or scheduler;
-* FSDP: the teacher is sharded with the run's FSDP plugin (FSDP2 `fully_shard` through accelerate, or an FSDP1
-  wrapper), with its own auto-wrap policy so that teacher and student may have different layer classes.
+* FSDP2: the teacher is sharded with accelerate's `fully_shard` preparation and a copy of the run's plugin whose
+  auto-wrap targets the teacher's own blocks, so teacher and student may have different layer classes. FSDP1
+  (deprecated in transformers 5) fails at start with a clear message.
 
 `teacher_dtype` casts the teacher's weights (for instance to bfloat16 while the student trains in float32 with
 bf16 autocast), which halves its memory; the loss terms are computed in float32 whatever the models' precision.
@@ -137,8 +138,7 @@ def prepare_teacher(teacher: nn.Module, accelerator: Any, args: Any, is_model_pa
     """Freeze `teacher` and prepare it for the run's engine; return what the trainer should call.
 
     The returned module runs the teacher's forward: `teacher` itself (one device, DDP, FSDP2 which shards in
-    place), a DeepSpeed engine around it, or an FSDP1 wrapper. `teacher` stays the user's model class and is
-    never wrapped in DDP.
+    place) or a DeepSpeed engine around it. `teacher` is never wrapped in DDP.
 
     Args:
         teacher (`nn.Module`): the teacher model.
@@ -211,6 +211,12 @@ def _prepare_fsdp(teacher: nn.Module, accelerator: Any) -> nn.Module:
     those include `BertEmbeddings`, which accelerate 1.15's FSDP2 preparation cannot shard (it shards the word
     embeddings a second time).
     """
+    if not accelerator.is_fsdp2:
+        raise ValueError(
+            "the teacher can be sharded with FSDP2 only, but this run uses FSDP1 (fsdp_version 1, deprecated in "
+            "transformers 5). Set fsdp_version: 2 in the accelerate config, or fsdp_config={'version': 2}."
+        )
+    from accelerate.utils.fsdp_utils import fsdp2_prepare_model
     from torch.distributed.fsdp.wrap import transformer_auto_wrap_policy
 
     from .modeling import find_layers
@@ -222,34 +228,13 @@ def _prepare_fsdp(teacher: nn.Module, accelerator: Any) -> nn.Module:
     plugin.auto_wrap_policy = policy
     if policy is transformer_auto_wrap_policy:
         plugin.transformer_cls_names_to_wrap = [type(find_layers(teacher)[0]).__name__]
-    if accelerator.is_fsdp2:
-        from accelerate.utils.fsdp_utils import fsdp2_prepare_model
-
-        state.fsdp_plugin = plugin
-        try:
-            teacher = fsdp2_prepare_model(accelerator, teacher)
-        finally:
-            state.fsdp_plugin = shared
-        teacher.eval()
-        return teacher
-
-    from torch.distributed.fsdp import FullyShardedDataParallel
-
-    plugin.set_auto_wrap_policy(teacher)
-    wrapped = FullyShardedDataParallel(
-        teacher,
-        sharding_strategy=plugin.sharding_strategy or plugin.reshard_after_forward,
-        cpu_offload=plugin.cpu_offload,
-        auto_wrap_policy=plugin.auto_wrap_policy,
-        mixed_precision=plugin.mixed_precision_policy,
-        sync_module_states=plugin.sync_module_states,
-        forward_prefetch=plugin.forward_prefetch,
-        use_orig_params=plugin.use_orig_params,
-        limit_all_gathers=plugin.limit_all_gathers,
-        device_id=accelerator.device,
-    )
-    wrapped.eval()
-    return wrapped
+    state.fsdp_plugin = plugin  # fsdp2_prepare_model reads the plugin from the accelerator state
+    try:
+        teacher = fsdp2_prepare_model(accelerator, teacher)
+    finally:
+        state.fsdp_plugin = shared
+    teacher.eval()
+    return teacher
 
 
 def cast_floating_inputs(inputs: dict[str, Any], dtype: torch.dtype | None) -> dict[str, Any]:

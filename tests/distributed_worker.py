@@ -27,13 +27,13 @@ GLOBAL_BATCH = 8
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 
 
+EXAMPLES = Path(__file__).resolve().parents[1] / "examples" / "distributed"
+
+
 def _deepspeed(stage: int) -> dict:
-    """A DeepSpeed config as users write it: "auto" wherever transformers can fill the value in."""
-    return {
-        "zero_optimization": {"stage": stage, "stage3_gather_16bit_weights_on_model_save": True},
-        "train_micro_batch_size_per_gpu": "auto", "train_batch_size": "auto", "gradient_accumulation_steps": "auto",
-        "gradient_clipping": "auto", "bf16": {"enabled": "auto"}, "zero_allow_untested_optimizer": True,
-    }  # fmt: skip
+    """The shipped example DeepSpeed config, allowed to wrap the plain SGD these runs use."""
+    config = json.loads((EXAMPLES / f"deepspeed_zero{stage}.json").read_text())
+    return {**config, "zero_allow_untested_optimizer": True}
 
 
 # name -> arguments of the run. Every run sees GLOBAL_BATCH examples per optimizer step.
@@ -52,7 +52,7 @@ SETTINGS = {
                   teacher_from_path=True),
     # FSDP2 (needs CUDA): the teacher is sharded with fully_shard like the student.
     "fsdp2": dict(alpha=0.3, beta=0.6, gamma=2.0, gradient_accumulation_steps=2, max_steps=2, fsdp="full_shard",
-                  fsdp_config={"version": 2, "transformer_layer_cls_to_wrap": ["BertLayer"]}),
+                  fsdp_config=str(EXAMPLES / "fsdp2.json")),
 }  # fmt: skip
 ENGINE_ONLY = ("deepspeed", "fsdp", "fsdp_config", "teacher_from_path")
 
