@@ -51,7 +51,7 @@ SETTINGS = {
     "zero3": dict(alpha=0.3, beta=0.6, gamma=2.0, gradient_accumulation_steps=2, max_steps=2, deepspeed=_deepspeed(3),
                   teacher_from_path=True),
     # FSDP2 (needs CUDA): the teacher is sharded with fully_shard like the student.
-    "fsdp2": dict(alpha=0.3, beta=0.6, gamma=2.0, gradient_accumulation_steps=2, max_steps=2, fsdp="full_shard",
+    "fsdp2": dict(alpha=0.3, beta=0.6, gamma=2.0, gradient_accumulation_steps=2, max_steps=2, fsdp=True,
                   fsdp_config=str(EXAMPLES / "fsdp2.json")),
 }  # fmt: skip
 ENGINE_ONLY = ("deepspeed", "fsdp", "fsdp_config", "teacher_from_path")

@@ -264,7 +264,7 @@ def test_example_accelerate_configs_are_valid():
         if deepspeed_file:
             assert (REPO / deepspeed_file).is_file(), f"{file} names a missing {deepspeed_file}"
     assert load_config_from_file(str(EXAMPLES / "accelerate_fsdp2.yaml")).fsdp_config["fsdp_version"] == 2
-    args = DistillationArguments(output_dir="unused", fsdp="full_shard", fsdp_config=str(EXAMPLES / "fsdp2.json"))
+    args = DistillationArguments(output_dir="unused", fsdp=True, fsdp_config=str(EXAMPLES / "fsdp2.json"))
     assert args.fsdp_plugin_args["fsdp_version"] == 2
     assert args.fsdp_plugin_args["transformer_cls_names_to_wrap"] == "BertLayer"
 
