@@ -200,6 +200,43 @@ def test_deepspeed_teacher_config_keeps_zero3_and_turns_lower_stages_into_zero0(
     assert not any(value == "auto" for value in zero.values())
 
 
+def engine_accelerator(distributed_type, **state):
+    from accelerate.utils import DistributedType
+
+    return SimpleNamespace(distributed_type=getattr(DistributedType, distributed_type), state=SimpleNamespace(**state),
+                           device=torch.device("cpu"), num_processes=1, is_fsdp2=False)  # fmt: skip
+
+
+def test_teacher_goes_through_deepspeed_initialize_and_conflicts_fail_at_start(tmp_path, monkeypatch):
+    """With a stand-in `deepspeed` module: what reaches deepspeed.initialize, and the start-up errors."""
+    from hf_distill.engines import prepare_teacher
+
+    calls = []
+
+    def initialize(model, config):
+        calls.append(config)
+        return SimpleNamespace(module=model, eval=lambda: None), None, None, None
+
+    monkeypatch.setitem(sys.modules, "deepspeed", SimpleNamespace(initialize=initialize))
+    run_config = {"zero_optimization": {"stage": 2}, "bf16": {"enabled": True}, "optimizer": {"type": "AdamW"}}
+    plugin = SimpleNamespace(deepspeed_config=run_config)
+    accelerator = engine_accelerator("DEEPSPEED", deepspeed_plugin=plugin)
+    args = DistillationArguments(output_dir=str(tmp_path), per_device_train_batch_size=4, use_cpu=True)
+    teacher = tiny_bert(4, seed=1).train()
+    engine = prepare_teacher(teacher, accelerator, args)
+    assert engine.module is teacher and not teacher.training and not any(p.requires_grad for p in teacher.parameters())
+    assert calls[0]["zero_optimization"] == {"stage": 0} and "optimizer" not in calls[0]
+    assert calls[0]["train_batch_size"] == 4
+
+    args.teacher_dtype = "float16"  # the DeepSpeed config says bf16
+    with pytest.raises(ValueError, match="teacher_dtype='float16'.*bf16/fp16 section"):
+        prepare_teacher(tiny_bert(4, seed=1), accelerator, args)
+    assert len(calls) == 1  # failed before initialising anything
+
+    with pytest.raises(ValueError, match="FSDP2 only.*fsdp_version: 2"):
+        prepare_teacher(tiny_bert(4, seed=1), engine_accelerator("FSDP", fsdp_plugin=None), args)
+
+
 @pytest.mark.slow
 def test_deepspeed_zero2_and_zero3_teacher_through_deepspeed(tmp_path, reference_dir):
     """ZeRO-2: the teacher is a ZeRO-0 replica; ZeRO-3: loaded partitioned (zero.Init) and kept partitioned."""
