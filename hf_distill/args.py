@@ -8,6 +8,8 @@ from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
 
+from .engines import TEACHER_DTYPES
+
 __all__ = ["ATTENTION_LOSSES", "DistillationArguments"]
 
 ATTENTION_LOSSES = ("mse", "kl")
@@ -42,6 +44,9 @@ class DistillationArguments(TrainingArguments):
         trust_remote_code (`bool`, *optional*, defaults to `False`):
             Allow running custom modeling code from the teacher's folder or Hub repository when `teacher_model` is a
             path or id. Only turn it on for repositories you trust.
+        teacher_dtype (`str`, *optional*):
+            Cast the teacher's weights to this dtype: `"bfloat16"`/`"float16"` halve its memory while the student
+            trains in float32 or mixed precision; `"auto"` follows `bf16`/`fp16`. Default: keep the teacher as loaded.
 
     The lab notebook's nested formula `BETA * (ALPHA * CE + (1 - ALPHA) * KD) + GAMMA * attn` is reproduced by
     `alpha = BETA * ALPHA`, `beta = BETA * (1 - ALPHA)`, `gamma = GAMMA` (0.05, 0.45, 0.4 for its 0.1/0.5/0.4).
@@ -84,6 +89,15 @@ class DistillationArguments(TrainingArguments):
         metadata={"help": "Allow custom modeling code from the teacher's folder/repo (only for code you trust)."},
     )
 
+    teacher_dtype: str | None = field(
+        default=None,
+        metadata={
+            "help": "Run the teacher in this dtype ('bfloat16' or 'float16' halve its memory; 'auto' follows "
+            "bf16/fp16). Default: keep the dtype the teacher was loaded in.",
+            "choices": list(TEACHER_DTYPES),
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self._validate_distillation()
@@ -116,6 +130,10 @@ class DistillationArguments(TrainingArguments):
                     f"`layer_map` must list one teacher layer index >= 0 per student layer, got {self.layer_map!r}."
                 )
             self.layer_map = list(self.layer_map)
+        if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
+            raise ValueError(
+                f"`teacher_dtype` must be one of {', '.join(TEACHER_DTYPES)} (or unset), got {self.teacher_dtype!r}."
+            )
 
     # `Trainer` pickles the arguments into `training_args.bin` beside every save (and pushes it to the Hub); a plain
     # pickle would carry `hub_token` in clear text. Pickles get `None` for every `*_token` field (the rule of

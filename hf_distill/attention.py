@@ -77,7 +77,9 @@ class AttentionRecorder:
                 f"no attention projections were captured for layers {missing or self.layer_indices}: the forward "
                 "pass did not run them (early exit, layer drop, or a model that bypasses its q/k projections)."
             )
-        maps = [self._probabilities(s, spec, attention_mask) for s, spec in enumerate(self.specs)]
+        device_type = self._queries[0].device.type
+        with torch.autocast(device_type, enabled=False):  # float32 even inside an autocast region
+            maps = [self._probabilities(s, spec, attention_mask) for s, spec in enumerate(self.specs)]
         self._queries.clear()
         self._keys.clear()
         return maps

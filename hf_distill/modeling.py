@@ -59,13 +59,13 @@ def num_layers(model: nn.Module) -> int:
 
 
 def count_parameters(model: nn.Module) -> int:
-    """Number of parameters, each shared tensor counted once."""
+    """Number of parameters, each shared tensor counted once (the full size of a ZeRO-3 partitioned one)."""
     seen: set[int] = set()
     total = 0
     for parameter in model.parameters():
         if id(parameter) not in seen:
             seen.add(id(parameter))
-            total += parameter.numel()
+            total += getattr(parameter, "ds_numel", None) or parameter.numel()
     return total
 
 

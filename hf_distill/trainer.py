@@ -17,7 +17,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import checks, losses
+from . import checks, engines, losses
 from .args import DistillationArguments
 from .artifacts import CONFIG_NAME, HISTORY_NAME, DistillationRecord, library_versions, write_artifacts
 from .attention import AttentionRecorder
@@ -112,6 +112,7 @@ class DistillationTrainer(Trainer):
 
         super().__init__(model=model, args=args, **kwargs)
 
+        self._teacher_num_parameters = count_parameters(teacher_model)  # before any engine shards it
         self.teacher_model = self._prepare_teacher(teacher_model)
         self._teacher_input_names = set(inspect.signature(self.teacher_model.forward).parameters) - {"labels"}
         self._student_recorder = self._teacher_recorder = None
@@ -120,7 +121,6 @@ class DistillationTrainer(Trainer):
             self._teacher_recorder = AttentionRecorder(self.teacher_model, self.layer_map)
             _check_heads(args, self._student_recorder, self._teacher_recorder)
         self._term_sums: dict[str, dict[str, list[torch.Tensor]]] = {"train": {}, "eval": {}}
-        self._teacher_num_parameters = count_parameters(self.teacher_model)
         self._teacher_lineage = teacher_lineage(self.teacher_name_or_path)
         self._card_kwargs: dict[str, Any] = {}  # what the last create_model_card call was given, kept for later saves
         self._prior_training_seconds = 0.0
@@ -132,10 +132,10 @@ class DistillationTrainer(Trainer):
     # ---- teacher ---------------------------------------------------------------------------------------------
 
     def _prepare_teacher(self, teacher: nn.Module) -> nn.Module:
-        teacher.requires_grad_(False)
-        teacher.eval()
-        if not self.is_model_parallel:
-            teacher.to(self.args.device)
+        """Freeze the teacher and hand it to the run's engine, never DDP (see `engines.py`); return the model."""
+        self._teacher_runner = engines.prepare_teacher(teacher, self.accelerator, self.args, self.is_model_parallel)
+        precision = engines.mixed_precision_of(self.args)
+        self._teacher_dtype = engines.resolve_teacher_dtype(self.args.teacher_dtype, precision)  # for float inputs
         return teacher
 
     @torch.no_grad()
@@ -143,9 +143,10 @@ class DistillationTrainer(Trainer):
         if self.teacher_model.training:  # someone called .train() on it: dropout must stay off
             self.teacher_model.eval()
         teacher_inputs = {k: v for k, v in inputs.items() if k in self._teacher_input_names}
+        teacher_inputs = engines.cast_floating_inputs(teacher_inputs, self._teacher_dtype)
         recording = self._teacher_recorder.recording() if self._teacher_recorder else contextlib.nullcontext()
         with recording:
-            outputs = self.teacher_model(**teacher_inputs)
+            outputs = self._teacher_runner(**teacher_inputs)
         maps = self._teacher_recorder.attention_maps(inputs.get("attention_mask")) if self._teacher_recorder else None
         return outputs.logits, maps
 
@@ -180,10 +181,11 @@ class DistillationTrainer(Trainer):
 
         logits = outputs.logits
         total = torch.zeros(logits.shape[0], device=logits.device, dtype=torch.float32)  # (B,) per example
-        terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+        terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (per-example values, counts), (B,)
+        ones = torch.ones_like(total)
         if labels is not None:
             ce = losses.hard_label_loss(logits, labels, reduction="none")
-            terms["loss_ce"] = (ce.sum(), labels.ne(losses.IGNORE_INDEX).sum())
+            terms["loss_ce"] = (ce, labels.ne(losses.IGNORE_INDEX))
             if args.alpha > 0:
                 total = total + args.alpha * ce
         elif args.alpha > 0 and mode == "train":
@@ -193,7 +195,7 @@ class DistillationTrainer(Trainer):
             )
         if teacher_logits is not None:
             kd = losses.soft_label_loss(logits, teacher_logits, args.temperature, reduction="none")
-            terms["loss_kd"] = (kd.sum(), torch.tensor(kd.numel(), device=kd.device))
+            terms["loss_kd"] = (kd, ones)
             if args.beta > 0:
                 total = total + args.beta * kd
         if student_maps is not None:
@@ -201,8 +203,12 @@ class DistillationTrainer(Trainer):
             pairs = zip(student_maps, teacher_maps)
             per_layer = [attention_fn(s, t, attention_mask, reduction="none") for s, t in pairs]
             attn = torch.stack(per_layer).mean(dim=0)  # (B,) averaged over mapped layers
-            terms["loss_attn"] = (attn.sum(), torch.tensor(attn.numel(), device=attn.device))
+            terms["loss_attn"] = (attn, ones)
             total = total + args.gamma * attn
+        if mode == "train" and args.alpha == 0 and args.beta == 0:
+            # The logits are not in the loss, so the head would get no gradient and DDP would wait for it forever
+            # (PITFALLS #7). A zero-valued dependency gives every student parameter a (zero) gradient.
+            total = total + 0.0 * logits.float().flatten(1).sum(dim=1)
         self._accumulate(mode, terms)
         if mode == "train":
             self._loss_guard.observe(terms)  # NaN/inf check once per optimizer step, see guards.py
@@ -212,7 +218,8 @@ class DistillationTrainer(Trainer):
             if args.average_tokens_across_devices and args.world_size > 1:
                 loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         elif mode == "eval" and "loss_ce" in terms:
-            loss = terms["loss_ce"][0] / terms["loss_ce"][1].clamp_min(1)  # task loss, comparable with fine-tuning
+            ce, counts = terms["loss_ce"]
+            loss = ce.sum() / counts.sum().clamp_min(1)  # task loss, comparable with fine-tuning
         else:
             loss = total.mean()
         return (loss, outputs) if return_outputs else loss
@@ -228,9 +235,11 @@ class DistillationTrainer(Trainer):
     # ---- per-term metrics ------------------------------------------------------------------------------------
 
     def _accumulate(self, mode: str, terms: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Add per-example term values and counts (each `(B,)`) to the running sums of `mode`."""
         sums = self._term_sums[mode]
-        for name, (total, count) in terms.items():
-            total, count = total.detach().float(), count.detach().float()
+        for name, (values, counts) in terms.items():
+            keep = engines.real_examples(self.accelerator, values.shape[0]) if mode == "eval" else values.shape[0]
+            total, count = values.detach()[:keep].float().sum(), counts.detach()[:keep].float().sum()
             if name in sums:
                 sums[name][0] += total
                 sums[name][1] += count
@@ -264,6 +273,10 @@ class DistillationTrainer(Trainer):
         means = self._pop_term_means("eval")
         for name, value in means.items():
             output.metrics[f"{metric_key_prefix}_{name}"] = value
+        if "loss_ce" in means and f"{metric_key_prefix}_loss" in output.metrics:
+            # the same task CE, but exact across processes: Trainer's eval loss averages batch means, and on several
+            # processes the last batch's mean includes accelerate's repeated padding examples.
+            output.metrics[f"{metric_key_prefix}_loss"] = means["loss_ce"]
         if means:
             weights = {"loss_ce": self.args.alpha, "loss_kd": self.args.beta, "loss_attn": self.args.gamma}
             output.metrics[f"{metric_key_prefix}_distillation_loss"] = sum(weights[k] * v for k, v in means.items())
