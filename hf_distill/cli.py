@@ -55,9 +55,6 @@ class ModelArguments:
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Tokenizer path or Hub id; defaults to the teacher's."}
     )
-    trust_remote_code: bool = field(
-        default=False, metadata={"help": "Allow models with custom code from their repository (off: safer)."}
-    )
 
     def __post_init__(self) -> None:
         if self.student_layers is not None and self.student_num_layers is None:

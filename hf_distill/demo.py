@@ -21,6 +21,8 @@ import sys
 import time
 from pathlib import Path
 
+from .artifacts import atomic_write_text
+
 __all__ = ["main", "synthetic_reviews"]
 
 logger = logging.getLogger("hf_distill.demo")
@@ -79,7 +81,7 @@ def synthetic_reviews(n: int, seed: int, noise: float = 0.1) -> list[tuple[str, 
 
 def _write_tsv(path: Path, rows: list[tuple[str, int]]) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text("sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows), encoding="utf-8")
+    atomic_write_text(path, "sentence\tlabel\n" + "".join(f"{s}\t{y}\n" for s, y in rows))
     return path
 
 
@@ -165,7 +167,7 @@ def _fine_tuned_teacher(train_file: Path, args, data_key: str) -> Path:
     ).train()
     model.save_pretrained(folder)
     tokenizer.save_pretrained(folder)
-    marker.write_text(json.dumps(recipe))
+    atomic_write_text(marker, json.dumps(recipe))
     return folder
 
 

@@ -57,12 +57,12 @@ class NonFiniteLossGuard(TrainerCallback):
         self._window: dict[str, list[torch.Tensor]] = {}
 
     def observe(self, terms: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Called by `compute_loss` in training with `{term: (sum over the micro-batch, count)}`; no host sync."""
+        """Called by `compute_loss` in training with `{term: (per-example values, counts)}`; no host sync."""
         args = self.trainer.args
         weights = {"loss_ce": args.alpha, "loss_kd": args.beta, "loss_attn": args.gamma}
         for name, (total, _) in terms.items():
             if weights.get(name, 0) > 0:
-                total = total.detach().float()
+                total = total.detach().float().sum()
                 self._step_sums[name] = self._step_sums[name] + total if name in self._step_sums else total
 
     def log_items(self) -> dict[str, int]:

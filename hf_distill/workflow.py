@@ -168,7 +168,7 @@ def prepare_run(
     resume_from = check_output_dir(
         training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint
     )
-    remote = {"trust_remote_code": model_args.trust_remote_code}
+    remote = {"trust_remote_code": training_args.trust_remote_code}
     teacher_path = model_args.teacher_model_name_or_path
     teacher_config = _load("teacher_model_name_or_path", teacher_path, AutoConfig, **remote)
     tokenizer_name = model_args.tokenizer_name or teacher_path
