@@ -34,6 +34,10 @@ class DistillationArguments(TrainingArguments):
         layer_map (`list[int]`, *optional*):
             For each student layer, the teacher layer whose attention it learns (0-indexed). Defaults to a uniform
             map in which the last student layer matches the last teacher layer: 12 -> 6 gives [1, 3, 5, 7, 9, 11].
+        teacher_cache_dir (`str`, *optional*):
+            Opt-in teacher-output cache (needs `gamma=0`): the teacher's logits on the training set are computed once,
+            stored under this folder keyed on teacher weights, data, tokenizer and collator, and reused in every
+            later epoch and run instead of running the teacher. See `hf_distill.teacher_cache`.
 
     The lab notebook's nested formula `BETA * (ALPHA * CE + (1 - ALPHA) * KD) + GAMMA * attn` is reproduced by
     `alpha = BETA * ALPHA`, `beta = BETA * (1 - ALPHA)`, `gamma = GAMMA` (0.05, 0.45, 0.4 for its 0.1/0.5/0.4).
@@ -61,6 +65,15 @@ class DistillationArguments(TrainingArguments):
         metadata={
             "help": "Teacher layer (0-indexed) for each student layer, e.g. 1 3 5 7 9 11. Default: uniform map whose "
             "last student layer matches the last teacher layer."
+        },
+    )
+
+    teacher_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder for the teacher-logit cache (needs gamma=0): the teacher's training-set logits are "
+            "computed once, stored there (keyed on teacher, data, tokenizer, collator) and reused by later epochs "
+            "and runs."
         },
     )
 
@@ -96,6 +109,12 @@ class DistillationArguments(TrainingArguments):
                     f"`layer_map` must list one teacher layer index >= 0 per student layer, got {self.layer_map!r}."
                 )
             self.layer_map = list(self.layer_map)
+        if self.teacher_cache_dir is not None and self.gamma > 0:
+            raise ValueError(
+                f"`teacher_cache_dir` caches the teacher's logits only, but gamma={self.gamma} needs the teacher's "
+                "attention maps at every step, so the teacher would run anyway and the cache would save nothing. "
+                "Set gamma=0 to use the cache, or leave teacher_cache_dir unset."
+            )
 
     def distillation_settings(self) -> dict:
         """The distillation fields (not the generic training ones), as saved in `distillation_config.json`."""
