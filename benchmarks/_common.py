@@ -209,3 +209,28 @@ def peak_rss_mb() -> float:
 
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     return peak / 1024 / (1024 if sys.platform == "darwin" else 1)
+
+
+def tensor_peak_mb(fn, device: torch.device | str = "cpu") -> tuple[float, Any]:
+    """Peak tensor memory allocated while `fn()` runs, in MiB above what was live before; and `fn`'s result.
+
+    CUDA: `torch.cuda.max_memory_allocated`. CPU (no allocator statistics there): the profiler's memory events,
+    replayed in time order (allocations of each op, frees in between), so the number is deterministic and free of
+    the process's other memory; it does not see transient buffers allocated and freed inside a single kernel.
+    """
+    if torch.device(device).type == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        result = fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - before) / 2**20, result
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        result = fn()
+    current = peak = 0
+    for event in sorted(prof.events(), key=lambda e: e.time_range.start):
+        current += event.self_cpu_memory_usage
+        peak = max(peak, current)
+    return peak / 2**20, result
