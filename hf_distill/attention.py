@@ -85,12 +85,16 @@ class AttentionRecorder:
     def _probabilities(self, slot: int, spec: SelfAttentionSpec, attention_mask: torch.Tensor | None) -> torch.Tensor:
         query, key = self._queries[slot], self._keys[slot]
         batch, length, _ = query.shape
-        q = query.float().view(batch, length, spec.num_heads, spec.head_dim).transpose(1, 2)  # (B, H, T, D)
+        # Scale q (B, H, T, D) rather than the scores (B, H, T, T), and add the padding mask: an addition's backward
+        # is free, a masked_fill's is another pass over (B, H, T, T). Padded keys still get exactly 0 probability.
+        q = (query.float() * spec.scaling).view(batch, length, spec.num_heads, spec.head_dim).transpose(1, 2)
         k = key.float().view(batch, length, spec.num_heads, spec.head_dim).transpose(1, 2)  # (B, H, T, D)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * spec.scaling  # (B, H, T, T)
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (B, H, T, T)
         if attention_mask is not None:
             padded_keys = ~attention_mask.to(scores.device).bool()[:, None, None, :]  # (B, 1, 1, T)
-            scores = scores.masked_fill(padded_keys, torch.finfo(scores.dtype).min)
+            scores = scores + torch.zeros_like(padded_keys, dtype=scores.dtype).masked_fill(
+                padded_keys, torch.finfo(scores.dtype).min
+            )
         return scores.softmax(dim=-1)
 
     def remove(self) -> None:

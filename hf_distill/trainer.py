@@ -135,7 +135,9 @@ class DistillationTrainer(Trainer):
             self.teacher_model.eval()
         teacher_inputs = {k: v for k, v in inputs.items() if k in self._teacher_input_names}
         recording = self._teacher_recorder.recording() if self._teacher_recorder else contextlib.nullcontext()
-        with recording:
+        # The student's forward runs under the run's mixed precision (accelerate wraps it); the teacher, which we keep
+        # out of `accelerator.prepare`, gets the same autocast here instead of running in full float32.
+        with recording, self.accelerator.autocast():
             outputs = self.teacher_model(**teacher_inputs)
         maps = self._teacher_recorder.attention_maps(inputs.get("attention_mask")) if self._teacher_recorder else None
         return outputs.logits, maps
@@ -225,7 +227,7 @@ class DistillationTrainer(Trainer):
             )
         if teacher_logits is not None:
             kd = losses.soft_label_loss(logits, teacher_logits, args.temperature, reduction="none")
-            terms["loss_kd"] = (kd.sum(), torch.tensor(kd.numel(), device=kd.device))
+            terms["loss_kd"] = (kd.sum(), kd.new_full((), kd.numel()))  # new_full: no host-to-device copy
             if args.beta > 0:
                 total = total + args.beta * kd
         if student_maps is not None:
@@ -233,7 +235,7 @@ class DistillationTrainer(Trainer):
             pairs = zip(student_maps, teacher_maps)
             per_layer = [attention_fn(s, t, attention_mask, reduction="none") for s, t in pairs]
             attn = torch.stack(per_layer).mean(dim=0)  # (B,) averaged over mapped layers
-            terms["loss_attn"] = (attn.sum(), torch.tensor(attn.numel(), device=attn.device))
+            terms["loss_attn"] = (attn.sum(), attn.new_full((), attn.numel()))
             total = total + args.gamma * attn
         self._accumulate(mode, terms)
 
