@@ -12,8 +12,9 @@ each round so that load from other processes hits them alike:
 
 Reported: median seconds per optimizer step (wall clock between consecutive `on_step_end`, so data loading,
 forward, backward and optimizer step are all in), samples/s, and the ratios (c)/((a)+(b)), (d)/((a)+(b)) and
-(e)/(a). Memory: peak RSS of a fresh process per configuration on CPU (it also holds the data, the libraries and
-the teacher's weights, which every configuration loads), or peak CUDA memory on a GPU.
+(e)/(a). Memory, in a fresh process per configuration over 5 steps: the peak tensor memory of training above the
+models already in place (on CPU from the profiler's allocation events, on a GPU `torch.cuda.max_memory_allocated`),
+and the process's peak RSS (which on CPU is set by loading the data and weights, the same for every configuration).
 
 Commands (from the repository root):
 
@@ -28,7 +29,9 @@ from __future__ import annotations
 
 import argparse
 import copy
+import gc
 import json
+import random
 import statistics
 import subprocess
 import sys
@@ -53,9 +56,9 @@ STUDENT_LAYERS = [1, 3, 5]
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--steps", type=int, default=24, help="timed optimizer steps per configuration and round")
-    parser.add_argument("--warmup", type=int, default=3, help="untimed steps at the start of each run")
-    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds over all configurations")
+    parser.add_argument("--steps", type=int, default=16, help="timed optimizer steps per configuration and round")
+    parser.add_argument("--warmup", type=int, default=2, help="untimed steps at the start of each run")
+    parser.add_argument("--rounds", type=int, default=6, help="interleaved rounds over all configurations")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--rows", type=int, default=4096, help="SST-2 training rows used (and cached)")
     parser.add_argument("--max-length", type=int, default=128)
@@ -172,8 +175,8 @@ class Bench:
 def measure_memory(opts: argparse.Namespace, config: str) -> dict:
     """Run `config` for a few steps in a fresh process and return its peak memory."""
     command = [sys.executable, __file__, "--memory-child", config, "--rows", str(opts.rows), "--device", opts.device,
-               "--batch-size", str(opts.batch_size), "--max-length", str(opts.max_length), "--steps", "6",
-               "--warmup", "2"] + (["--bf16"] if opts.bf16 else [])  # fmt: skip
+               "--batch-size", str(opts.batch_size), "--max-length", str(opts.max_length), "--steps", "4",
+               "--warmup", "1"] + (["--bf16"] if opts.bf16 else [])  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, check=False)
     lines = [line for line in result.stdout.splitlines() if line.startswith("MEMORY ")]
     if result.returncode != 0 or not lines:
@@ -182,17 +185,18 @@ def measure_memory(opts: argparse.Namespace, config: str) -> dict:
 
 
 def memory_child(opts: argparse.Namespace) -> None:
+    config = opts.memory_child
     with tempfile.TemporaryDirectory() as tmp:
-        bench = Bench(opts, str(Path(tmp) / "cache"))
-        if opts.memory_child == "distill_cached":
-            bench.trainer("distill_cached", str(Path(tmp) / "out"), 1).get_train_dataloader()  # build the cache
-        baseline = _common.peak_rss_mb()
-        if torch.cuda.is_available():
-            torch.cuda.reset_peak_memory_stats()
-        bench.run(opts.memory_child, str(Path(tmp) / "out"))
-        report = {"peak_rss_mb": _common.peak_rss_mb(), "peak_rss_before_training_mb": baseline}
-        if torch.cuda.is_available():
-            report["cuda_peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
+        bench, out = Bench(opts, str(Path(tmp) / "cache")), str(Path(tmp) / "out")
+        if config == "distill_cached":
+            bench.trainer(config, out, 1).get_train_dataloader()  # build the cache first: it is not a training cost
+        steps = opts.warmup + opts.steps
+        if config == "teacher_fwd":
+            peak, _ = _common.tensor_peak_mb(lambda: bench.teacher_forward(out, steps), opts.device)
+        else:
+            trainer = bench.trainer(config, out, steps)  # models already built and placed: only training counts
+            peak, _ = _common.tensor_peak_mb(trainer.train, opts.device)
+        report = {"tensor_peak_mb": peak, "process_peak_rss_mb": _common.peak_rss_mb()}
         print("MEMORY " + json.dumps(report))
 
 
@@ -208,20 +212,26 @@ def main(argv: list[str] | None = None) -> None:
         bench = Bench(opts, str(Path(tmp) / "cache"))
         out = str(Path(tmp) / "out")
         print(f"student built by {_common.student_from_layers.source}", flush=True)
-        checksums = {c: bench.first_batch_checksum(c, out) for c in configs}
-        assert len(set(checksums.values())) == 1, f"configurations see different first batches: {checksums}"
         cache_seconds = None
         if "distill_cached" in configs:
             started = time.perf_counter()
             bench.trainer("distill_cached", out, 1).get_train_dataloader()
             cache_seconds = time.perf_counter() - started
             print(f"teacher-logit cache for {len(bench.train)} rows built in {cache_seconds:.1f} s", flush=True)
+        checksums = {c: bench.first_batch_checksum(c, out) for c in configs}
+        assert len(set(checksums.values())) == 1, f"configurations see different first batches: {checksums}"
 
         times: dict[str, list[float]] = {c: [] for c in configs}
+        per_round: list[dict[str, float]] = []
+        shuffler = random.Random(0)
         for r in range(opts.rounds):
-            order = configs[r % len(configs) :] + configs[: r % len(configs)]  # rotate: no config always first
+            order = shuffler.sample(configs, len(configs))  # a new order each round: no config always follows another
+            this_round = {}
             for config in order:
-                times[config] += bench.run(config, out)
+                gc.collect()  # the previous run's trainer and optimizer state
+                this_round[config] = bench.run(config, out)
+                times[config] += this_round[config]
+            per_round.append({c: statistics.median(t) for c, t in this_round.items()})
             medians = {c: statistics.median(t) for c, t in times.items() if t}
             progress = ", ".join(f"{c} {m:.3f}s" for c, m in medians.items())
             print(f"round {r + 1}/{opts.rounds}: {progress}", flush=True)
@@ -232,40 +242,48 @@ def main(argv: list[str] | None = None) -> None:
             memory[config] = measure_memory(opts, config)
             print(f"memory {config}: {memory[config]}", flush=True)
 
-    rows, summary = summarise(opts, times, memory)
+    rows, summary = summarise(opts, times, memory, per_round)
     title = f"{opts.device}{' bf16' if opts.bf16 else ''}: batch {opts.batch_size}, SST-2 rows of up to "
     print(f"\n{title}{opts.max_length} tokens, {opts.rounds} rounds x {opts.steps} timed steps per configuration")
-    _common.print_table(rows, ["config", "s_per_step", "samples_per_s", "vs_floor", "peak_mb", "mem_note"])
+    _common.print_table(rows, ["config", "s_per_step", "samples_per_s", "vs_floor", "peak_mb", "process_rss_mb"])
+    kind = "CUDA max_memory_allocated" if opts.device == "cuda" else "tensor memory from profiler events"
+    print(f"peak_mb: peak {kind} above the models already in place, one fresh process per configuration (5 steps)")
     for name, value in summary.items():
         print(f"{name}: {value:.3f}" if isinstance(value, float) else f"{name}: {value}")
     _common.write_results(
         f"throughput_{opts.device}{'_bf16' if opts.bf16 else ''}{'_quick' if opts.quick else ''}",
         {"machine": info, "options": vars(opts), "student_source": _common.student_from_layers.source,
-         "step_seconds": times, "memory": memory, "rows": rows, "summary": summary,
+         "step_seconds": times, "per_round_medians": per_round, "memory": memory, "rows": rows, "summary": summary,
          "cache_build_seconds": cache_seconds, "cache_build_rows": opts.rows},
     )  # fmt: skip
 
 
-def summarise(opts, times: dict[str, list[float]], memory: dict) -> tuple[list[dict], dict]:
+def summarise(opts, times: dict[str, list[float]], memory: dict, per_round: list[dict]) -> tuple[list[dict], dict]:
+    """Pooled medians per configuration, ratios of those, and each ratio's range over the rounds (the noise)."""
     med = {c: statistics.median(t) for c, t in times.items() if t}
     floor = med["student"] + med["teacher_fwd"] if {"student", "teacher_fwd"} <= med.keys() else None
     rows = []
     for config, seconds in med.items():
         mem = memory.get(config, {})
-        peak = mem.get("cuda_peak_mb", mem.get("peak_rss_mb"))
         rows.append({
             "config": config, "s_per_step": seconds, "samples_per_s": opts.batch_size / seconds,
-            "vs_floor": seconds / floor if floor and config.startswith("distill") else None, "peak_mb": peak,
-            "mem_note": "CUDA peak" if "cuda_peak_mb" in mem else "peak RSS, fresh process" if mem else None,
+            "vs_floor": seconds / floor if floor and config.startswith("distill") else None,
+            "peak_mb": mem.get("tensor_peak_mb"), "process_rss_mb": mem.get("process_peak_rss_mb"),
         })  # fmt: skip
-    summary = {}
+    summary: dict[str, object] = {}
+
+    def ratio(name: str, top: str, bottom: list[str]) -> None:
+        if top in med and all(b in med for b in bottom):
+            summary[name] = med[top] / sum(med[b] for b in bottom)
+            rounds = [r[top] / sum(r[b] for b in bottom) for r in per_round]
+            summary[f"{name}, range over rounds"] = f"{min(rounds):.3f} .. {max(rounds):.3f}"
+
     if floor:
         summary["floor (a)+(b) s/step"] = floor
-        for config, label in (("distill_g0", "(c)"), ("distill_mse", "(d) mse"), ("distill_kl", "(d) kl")):
-            if config in med:
-                summary[f"{label} / ((a)+(b))"] = med[config] / floor
-    if "distill_cached" in med and "student" in med:
-        summary["(e) cached / (a) student"] = med["distill_cached"] / med["student"]
+    ratio("(c) / ((a)+(b))", "distill_g0", ["student", "teacher_fwd"])
+    ratio("(d) mse / ((a)+(b))", "distill_mse", ["student", "teacher_fwd"])
+    ratio("(d) kl / ((a)+(b))", "distill_kl", ["student", "teacher_fwd"])
+    ratio("(e) cached / (a) student", "distill_cached", ["student"])
     return rows, summary
 
 
