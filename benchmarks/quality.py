@@ -35,6 +35,8 @@ CONFIGS: dict[str, dict] = {
     "seed": dict(temperature=4.0, alpha=0.1, beta=0.5, gamma=0.4, attention_loss="mse"),
     "kd_t2": dict(temperature=2.0, alpha=0.5, beta=1.0, gamma=0.0, attention_loss="mse"),
     "kd_t2_attn_kl": dict(temperature=2.0, alpha=0.5, beta=1.0, gamma=1.0, attention_loss="kl"),
+    "kd_t1_pure": dict(temperature=1.0, alpha=0.0, beta=1.0, gamma=0.0, attention_loss="mse"),
+    "kd_t4_pure": dict(temperature=4.0, alpha=0.0, beta=1.0, gamma=0.0, attention_loss="mse"),
 }
 DEFAULT_CONFIGS = ["seed", "kd_t2"]
 STUDENT_LAYERS = [1, 3, 5]
