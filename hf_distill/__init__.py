@@ -4,9 +4,9 @@ __version__ = "0.1.0"
 
 from .args import DistillationArguments
 from .artifacts import DistillationRecord, load_distillation_config, load_training_history
+from .card import build_model_card, teacher_lineage
 from .checks import parse_config_file
 from .guards import NonFiniteLossError
-from .card import build_model_card, teacher_lineage
 from .losses import attention_kl_loss, attention_mse_loss, hard_label_loss, soft_label_loss
 from .modeling import default_layer_map
 from .student import build_student

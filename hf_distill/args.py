@@ -47,6 +47,10 @@ class DistillationArguments(TrainingArguments):
         teacher_dtype (`str`, *optional*):
             Cast the teacher's weights to this dtype: `"bfloat16"`/`"float16"` halve its memory while the student
             trains in float32 or mixed precision; `"auto"` follows `bf16`/`fp16`. Default: keep the teacher as loaded.
+        teacher_cache_dir (`str`, *optional*):
+            Opt-in teacher-output cache (needs `gamma=0`): the teacher's logits on the training set are computed once,
+            stored under this folder keyed on teacher weights, data, tokenizer and collator, and reused in every
+            later epoch and run instead of running the teacher. See `hf_distill.teacher_cache`.
 
     The lab notebook's nested formula `BETA * (ALPHA * CE + (1 - ALPHA) * KD) + GAMMA * attn` is reproduced by
     `alpha = BETA * ALPHA`, `beta = BETA * (1 - ALPHA)`, `gamma = GAMMA` (0.05, 0.45, 0.4 for its 0.1/0.5/0.4).
@@ -98,6 +102,15 @@ class DistillationArguments(TrainingArguments):
         },
     )
 
+    teacher_cache_dir: str | None = field(
+        default=None,
+        metadata={
+            "help": "Folder for the teacher-logit cache (needs gamma=0): the teacher's training-set logits are "
+            "computed once, stored there (keyed on teacher, data, tokenizer, collator) and reused by later epochs "
+            "and runs."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self._validate_distillation()
@@ -133,6 +146,12 @@ class DistillationArguments(TrainingArguments):
         if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
             raise ValueError(
                 f"`teacher_dtype` must be one of {', '.join(TEACHER_DTYPES)} (or unset), got {self.teacher_dtype!r}."
+            )
+        if self.teacher_cache_dir is not None and self.gamma > 0:
+            raise ValueError(
+                f"`teacher_cache_dir` caches the teacher's logits only, but gamma={self.gamma} needs the teacher's "
+                "attention maps at every step, so the teacher would run anyway and the cache would save nothing. "
+                "Set gamma=0 to use the cache, or leave teacher_cache_dir unset."
             )
 
     # `Trainer` pickles the arguments into `training_args.bin` beside every save (and pushes it to the Hub); a plain

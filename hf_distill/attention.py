@@ -85,15 +85,24 @@ class AttentionRecorder:
         return maps
 
     def _probabilities(self, slot: int, spec: SelfAttentionSpec, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        query, key = self._queries[slot], self._keys[slot]
+        query, key = self._queries.pop(slot), self._keys.pop(slot)  # released layer by layer, not at the end
         batch, length, _ = query.shape
-        q = query.float().view(batch, length, spec.num_heads, spec.head_dim).transpose(1, 2)  # (B, H, T, D)
+        # Scale q (B, H, T, D) rather than the scores (B, H, T, T), and add the padding mask: an addition's backward
+        # is free, a masked_fill's is another pass over (B, H, T, T). Padded keys still get exactly 0 probability.
+        q = (query.float() * spec.scaling).view(batch, length, spec.num_heads, spec.head_dim).transpose(1, 2)
         k = key.float().view(batch, length, spec.num_heads, spec.head_dim).transpose(1, 2)  # (B, H, T, D)
-        scores = torch.matmul(q, k.transpose(-1, -2)) * spec.scaling  # (B, H, T, T)
+        scores = torch.matmul(q, k.transpose(-1, -2))  # (B, H, T, T)
         if attention_mask is not None:
             padded_keys = ~attention_mask.to(scores.device).bool()[:, None, None, :]  # (B, 1, 1, T)
-            scores = scores.masked_fill(padded_keys, torch.finfo(scores.dtype).min)
-        return scores.softmax(dim=-1)
+            additive = torch.zeros_like(padded_keys, dtype=scores.dtype).masked_fill(
+                padded_keys, torch.finfo(scores.dtype).min
+            )
+            scores.add_(additive)  # in place: matmul's backward needs q and k, not its output; one map less at peak
+        if scores.requires_grad:
+            return scores.softmax(dim=-1)
+        # No gradient (the teacher): the same softmax computed in place, so scores and probabilities never coexist.
+        scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
+        return scores.div_(scores.sum(dim=-1, keepdim=True))
 
     def remove(self) -> None:
         """Remove the hooks from the model."""

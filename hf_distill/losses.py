@@ -138,14 +138,18 @@ def attention_kl_loss(
         reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"` over examples.
     """
     _check_maps(student_attentions, teacher_attentions, same_heads=True)
-    valid = _valid_entries(attention_mask, student_attentions)[:, None]  # (B, 1, T, T)
-    teacher = teacher_attentions.float()
-    # Clamping only keeps the log finite; entries where the teacher has no mass contribute exactly 0.
-    log_ratio = torch.log(teacher.clamp_min(1e-30)) - torch.log(student_attentions.float().clamp_min(1e-30))
-    pointwise = torch.where(valid & (teacher > 0), teacher * log_ratio, torch.zeros_like(teacher))  # (B, H, T, T)
-    row_kl = pointwise.sum(dim=-1)  # (B, H, T)
-    valid_rows = valid.any(dim=-1).expand_as(row_kl)  # (B, H, T): real query positions
-    per_example = (row_kl * valid_rows).sum(dim=(1, 2)) / valid_rows.sum(dim=(1, 2)).clamp_min(1)  # (B,)
+    batch, heads, length, _ = student_attentions.shape
+    if attention_mask is None:
+        valid = torch.ones(batch, length, dtype=torch.bool, device=student_attentions.device)
+    else:
+        valid = attention_mask.to(device=student_attentions.device).bool()  # (B, T)
+    teacher = teacher_attentions.float().masked_fill(~valid[:, None, None, :], 0.0)  # (B, H, T, T): no padded keys
+    # KL = sum_k t log t - sum_k t log s. Clamping only keeps the logs finite: where t = 0 the entry contributes
+    # exactly 0 (and no gradient). The entropy term needs no gradient pass through the student.
+    entropy = (teacher * teacher.clamp_min(1e-30).log()).sum(dim=-1)  # (B, H, T)
+    cross = (teacher * student_attentions.float().clamp_min(1e-30).log()).sum(dim=-1)  # (B, H, T)
+    valid_rows = valid[:, None, :].float()  # (B, 1, T): real query positions
+    per_example = ((entropy - cross) * valid_rows).sum(dim=(1, 2)) / (valid_rows.sum(dim=(1, 2)) * heads).clamp_min(1)
     return _reduce(per_example, reduction)
 
 

@@ -17,12 +17,12 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import checks, engines, losses
+from . import checks, engines, losses, teacher_cache
 from .args import DistillationArguments
 from .artifacts import CONFIG_NAME, HISTORY_NAME, DistillationRecord, library_versions, write_artifacts
 from .attention import AttentionRecorder
-from .guards import NonFiniteLossGuard
 from .card import CARD_NAME, teacher_lineage, trainer_model_card, write_model_card
+from .guards import NonFiniteLossGuard
 from .modeling import count_parameters, default_layer_map, num_layers
 
 __all__ = ["DistillationTrainer", "load_teacher"]
@@ -109,6 +109,8 @@ class DistillationTrainer(Trainer):
             raise ValueError("`teacher_model` is the same object as `model`: pass a separate (frozen) teacher.")
         self.layer_map = _check_pair(model, teacher_model, args)
         checks.check_models(model, teacher_model, kwargs.get("processing_class"))
+        if args.teacher_cache_dir is not None:
+            teacher_cache.check_cacheable(kwargs.get("train_dataset"))
 
         super().__init__(model=model, args=args, **kwargs)
 
@@ -145,10 +147,50 @@ class DistillationTrainer(Trainer):
         teacher_inputs = {k: v for k, v in inputs.items() if k in self._teacher_input_names}
         teacher_inputs = engines.cast_floating_inputs(teacher_inputs, self._teacher_dtype)
         recording = self._teacher_recorder.recording() if self._teacher_recorder else contextlib.nullcontext()
-        with recording:
+        # The student's forward runs under the run's mixed precision (accelerate wraps it); the teacher, which we keep
+        # out of `accelerator.prepare`, gets the same autocast here instead of running in full float32.
+        with recording, self.accelerator.autocast():
             outputs = self._teacher_runner(**teacher_inputs)
         maps = self._teacher_recorder.attention_maps(inputs.get("attention_mask")) if self._teacher_recorder else None
         return outputs.logits, maps
+
+    # ---- teacher-output cache (opt-in, gamma = 0): see hf_distill/teacher_cache.py --------------------------
+
+    def _set_signature_columns_if_needed(self) -> None:
+        super()._set_signature_columns_if_needed()
+        if self.args.teacher_cache_dir is not None and teacher_cache.TEACHER_LOGITS not in self._signature_columns:
+            self._signature_columns.append(teacher_cache.TEACHER_LOGITS)  # survives remove_unused_columns
+
+    def get_train_dataloader(self):
+        if self.args.teacher_cache_dir is None or self.args.beta == 0 or self.train_dataset is None:
+            return super().get_train_dataloader()
+        dataset, collator = self.train_dataset, self.data_collator
+        self.train_dataset = teacher_cache.with_teacher_logits(dataset, self._cached_teacher_logits(dataset))
+        self.data_collator = teacher_cache.TeacherLogitsCollator(collator)
+        try:
+            return super().get_train_dataloader()
+        finally:  # the user's dataset and collator stay as they gave them
+            self.train_dataset, self.data_collator = dataset, collator
+
+    def _cached_teacher_logits(self, dataset):
+        """The teacher's logits on `dataset`, row for row, from the cache or computed once and stored there."""
+        seen = self._remove_unused_columns(dataset, description="teacher cache")  # exactly what the collator gets
+        precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
+        precision += f"/teacher:{self._teacher_dtype}"  # a teacher cast to another dtype gives other logits
+        key, parts = teacher_cache.teacher_cache_key(
+            self.teacher_model, seen, self.processing_class, self.data_collator, precision
+        )
+
+        def forward(batch: dict[str, Any]) -> torch.Tensor:
+            with self.compute_loss_context_manager():
+                return self._teacher_forward(self._prepare_inputs(batch))[0]
+
+        def compute() -> torch.Tensor:
+            batch_size = self.args.per_device_eval_batch_size * max(1, self.args.n_gpu)
+            return teacher_cache.compute_teacher_logits(seen, self.data_collator, forward, max(batch_size, 32))
+
+        with self.args.main_process_first(desc="teacher logits cache"):
+            return teacher_cache.load_or_compute_teacher_logits(self.args.teacher_cache_dir, key, parts, compute)
 
     # ---- loss ------------------------------------------------------------------------------------------------
 
@@ -170,14 +212,18 @@ class DistillationTrainer(Trainer):
         mode = "train" if model.training else "eval"
         labels = inputs.get("labels")
         attention_mask = inputs.get("attention_mask")
-        student_inputs = {k: v for k, v in inputs.items() if k != "labels"}
+        cached_logits = inputs.get(teacher_cache.TEACHER_LOGITS)  # (B, C) from the teacher-output cache
+        student_inputs = {k: v for k, v in inputs.items() if k not in ("labels", teacher_cache.TEACHER_LOGITS)}
 
         recording = self._student_recorder.recording() if self._student_recorder else contextlib.nullcontext()
         with recording:
             outputs = model(**student_inputs)
         student_maps = self._student_recorder.attention_maps(attention_mask) if self._student_recorder else None
         need_teacher = args.beta > 0 or args.gamma > 0
-        teacher_logits, teacher_maps = self._teacher_forward(inputs) if need_teacher else (None, None)
+        if cached_logits is not None and self._teacher_recorder is None:
+            teacher_logits, teacher_maps = cached_logits, None
+        else:
+            teacher_logits, teacher_maps = self._teacher_forward(inputs) if need_teacher else (None, None)
 
         logits = outputs.logits
         total = torch.zeros(logits.shape[0], device=logits.device, dtype=torch.float32)  # (B,) per example
