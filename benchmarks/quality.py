@@ -37,6 +37,8 @@ CONFIGS: dict[str, dict] = {
     "kd_t2_attn_kl": dict(temperature=2.0, alpha=0.5, beta=1.0, gamma=1.0, attention_loss="kl"),
     "kd_t1_pure": dict(temperature=1.0, alpha=0.0, beta=1.0, gamma=0.0, attention_loss="mse"),
     "kd_t4_pure": dict(temperature=4.0, alpha=0.0, beta=1.0, gamma=0.0, attention_loss="mse"),
+    "kd_t2_hidden": dict(temperature=2.0, alpha=0.5, beta=1.0, gamma=0.0, hidden_weight=1.0),
+    "kd_t1_hidden_pure": dict(temperature=1.0, alpha=0.0, beta=1.0, gamma=0.0, hidden_weight=1.0),
 }
 DEFAULT_CONFIGS = ["seed", "kd_t2"]
 STUDENT_LAYERS = [1, 3, 5]
@@ -139,7 +141,7 @@ def train_student(teacher, settings: dict | None, train, collator, opts, seed: i
         trainer = Trainer(model=student, args=TrainingArguments(**common), train_dataset=train, data_collator=collator)
     else:
         extra = {}
-        if use_cache and settings["gamma"] == 0:
+        if use_cache and settings["gamma"] == 0 and not settings.get("hidden_weight"):
             extra["teacher_cache_dir"] = str(_common.CACHE_DIR / "teacher_logits")
         args = DistillationArguments(**common, **settings, layer_map=STUDENT_LAYERS, **extra)
         trainer = DistillationTrainer(

@@ -10,9 +10,10 @@ from transformers import TrainingArguments
 
 from .engines import TEACHER_DTYPES
 
-__all__ = ["ATTENTION_LOSSES", "DistillationArguments"]
+__all__ = ["ATTENTION_LOSSES", "DistillationArguments", "HIDDEN_LOSSES"]
 
 ATTENTION_LOSSES = ("mse", "kl")
+HIDDEN_LOSSES = ("mse", "cosine")
 
 
 @dataclass
@@ -21,6 +22,7 @@ class DistillationArguments(TrainingArguments):
     [`~transformers.TrainingArguments`] for [`DistillationTrainer`]. The total loss is
 
         alpha * CE(student, labels) + beta * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + gamma * L_attn
+              + hidden_weight * L_hidden
 
     Parameters:
         temperature (`float`, *optional*, defaults to `4.0`):
@@ -37,6 +39,12 @@ class DistillationArguments(TrainingArguments):
         layer_map (`list[int]`, *optional*):
             For each student layer, the teacher layer whose attention it learns (0-indexed). Defaults to a uniform
             map in which the last student layer matches the last teacher layer: 12 -> 6 gives [1, 3, 5, 7, 9, 11].
+        hidden_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of the hidden-state term (student and teacher widths must match). With `0` no hidden states are
+            kept.
+        hidden_loss (`str`, *optional*, defaults to `"mse"`):
+            `"mse"`: TinyBERT/PKD-style MSE between the embedding outputs and between each student layer's output and
+            its mapped teacher layer's output, averaged. `"cosine"`: DistilBERT's `1 - cos` on the last layer only.
         skip_nonfinite_steps (`bool`, *optional*, defaults to `False`):
             On a NaN/inf loss term, skip that optimizer step (no update) with a warning instead of stopping training.
         allow_resume_with_different_settings (`bool`, *optional*, defaults to `False`):
@@ -80,6 +88,18 @@ class DistillationArguments(TrainingArguments):
             "last student layer matches the last teacher layer."
         },
     )
+    hidden_weight: float = field(
+        default=0.0,
+        metadata={"help": "Weight of the hidden-state term (equal widths); 0 disables it (no hidden states kept)."},
+    )
+    hidden_loss: str = field(
+        default="mse",
+        metadata={
+            "help": "Hidden-state loss: 'mse' (embeddings and every mapped layer, TinyBERT/PKD) or 'cosine' (last "
+            "layer, DistilBERT).",
+            "choices": list(HIDDEN_LOSSES),
+        },
+    )
     skip_nonfinite_steps: bool = field(
         default=False,
         metadata={"help": "On a NaN/inf loss term, skip that optimizer step (no update) instead of stopping."},
@@ -120,19 +140,21 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(f"`temperature` must be a finite number > 0, got {self.temperature!r}. Try 4.0.")
         if self.temperature <= 0:
             raise ValueError(f"`temperature` must be > 0, got {self.temperature}. Try 4.0 (Hinton recommends 1-10).")
-        for name in ("alpha", "beta", "gamma"):
+        for name in ("alpha", "beta", "gamma", "hidden_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
-        if self.alpha == 0 and self.beta == 0 and self.gamma == 0:
+        if not any(self.term_weights().values()):
             raise ValueError(
-                "`alpha`, `beta` and `gamma` are all 0, so there is nothing to train on. Set at least one loss weight "
-                "> 0, e.g. alpha=0.1 beta=0.5 gamma=0.4."
+                "`alpha`, `beta`, `gamma` and `hidden_weight` are all 0: there is nothing to train on. Set at least "
+                "one loss weight > 0, e.g. alpha=0.1 beta=0.5 gamma=0.4."
             )
         if self.attention_loss not in ATTENTION_LOSSES:
             raise ValueError(
                 f"`attention_loss` must be one of {', '.join(ATTENTION_LOSSES)}, got {self.attention_loss!r}."
             )
+        if self.hidden_loss not in HIDDEN_LOSSES:
+            raise ValueError(f"`hidden_loss` must be one of {', '.join(HIDDEN_LOSSES)}, got {self.hidden_loss!r}.")
         if self.layer_map is not None:
             if isinstance(self.layer_map, (str, bytes)) or not all(
                 isinstance(i, int) and not isinstance(i, bool) for i in self.layer_map
@@ -147,12 +169,13 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(
                 f"`teacher_dtype` must be one of {', '.join(TEACHER_DTYPES)} (or unset), got {self.teacher_dtype!r}."
             )
-        if self.teacher_cache_dir is not None and self.gamma > 0:
-            raise ValueError(
-                f"`teacher_cache_dir` caches the teacher's logits only, but gamma={self.gamma} needs the teacher's "
-                "attention maps at every step, so the teacher would run anyway and the cache would save nothing. "
-                "Set gamma=0 to use the cache, or leave teacher_cache_dir unset."
-            )
+        for name, needs in (("gamma", "attention maps"), ("hidden_weight", "hidden states")):
+            if self.teacher_cache_dir is not None and getattr(self, name) > 0:
+                raise ValueError(
+                    f"`teacher_cache_dir` caches the teacher's logits only, but {name}={getattr(self, name)} needs "
+                    f"the teacher's {needs} at every step, so the teacher would run anyway and the cache would save "
+                    f"nothing. Set {name}=0 to use the cache, or leave teacher_cache_dir unset."
+                )
 
     # `Trainer` pickles the arguments into `training_args.bin` beside every save (and pushes it to the Hub); a plain
     # pickle would carry `hub_token` in clear text. Pickles get `None` for every `*_token` field (the rule of
@@ -179,5 +202,16 @@ class DistillationArguments(TrainingArguments):
             "beta": self.beta,
             "gamma": self.gamma,
             "attention_loss": self.attention_loss,
+            "hidden_weight": self.hidden_weight,
+            "hidden_loss": self.hidden_loss,
             "layer_map": self.layer_map,
+        }
+
+    def term_weights(self) -> dict[str, float]:
+        """The weight of each logged loss term (`loss_ce`, `loss_kd`, `loss_attn`, `loss_hidden`) in the total."""
+        return {
+            "loss_ce": self.alpha,
+            "loss_kd": self.beta,
+            "loss_attn": self.gamma,
+            "loss_hidden": self.hidden_weight,
         }

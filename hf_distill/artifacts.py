@@ -30,7 +30,9 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "distillation_config.json"
 HISTORY_NAME = "training_history.json"
-LOSS_FORMULA = "alpha * CE(s, y) + beta * T^2 * KL(softmax(t/T) || softmax(s/T)) + gamma * L_attn"
+LOSS_FORMULA = (
+    "alpha * CE(s, y) + beta * T^2 * KL(softmax(t/T) || softmax(s/T)) + gamma * L_attn + hidden_weight * L_hidden"
+)
 
 
 @dataclass
@@ -54,6 +56,8 @@ class DistillationRecord:
     beta: float | None = None
     gamma: float | None = None
     attention_loss: str | None = None
+    hidden_weight: float | None = None
+    hidden_loss: str | None = None
     layer_map: list[int] | None = None
     learning_rate: float | None = None
     per_device_train_batch_size: int | None = None

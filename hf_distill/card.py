@@ -55,7 +55,8 @@ _TASK_BY_SUFFIX = (
 # What a lineage step keeps of the teacher's own record (plus `model`, the teacher's path).
 _LINEAGE_KEYS = (
     "teacher_model student_architecture student_num_parameters student_num_layers teacher_num_parameters "
-    "compression_ratio student_layers_from_teacher temperature alpha beta gamma attention_loss layer_map"
+    "compression_ratio student_layers_from_teacher temperature alpha beta gamma attention_loss hidden_weight "
+    "hidden_loss layer_map"
 ).split()
 _CITATION = """```bibtex
 @article{hinton2015distilling,
@@ -277,13 +278,24 @@ def _loss(r: DistillationRecord) -> str:
         if r.attention_loss == "kl"
         else "MSE between head-averaged attention maps"
     )
+    hidden = ""
+    if r.hidden_weight:
+        hidden = (
+            " L_hidden is the MSE between the embedding outputs and between each student layer's output and its "
+            "mapped teacher layer's output, averaged (TinyBERT/PKD)."
+            if r.hidden_loss == "mse"
+            else " L_hidden is 1 - cosine similarity of the last layer's hidden states (DistilBERT)."
+        )
     return (
         "## Distillation loss\n\n```\n"
         f"L = {r.loss_formula}\n"
         f"  = {_fmt(r.alpha)} * CE + {_fmt(r.beta)} * {_fmt(t)}^2 * KL(softmax(t/{_fmt(t)}) || softmax(s/{_fmt(t)}))"
-        f" + {_fmt(r.gamma)} * L_attn[{r.attention_loss}]\n```\n\n"
+        f" + {_fmt(r.gamma)} * L_attn[{r.attention_loss}]"
+        + (f" + {_fmt(r.hidden_weight)} * L_hidden[{r.hidden_loss}]" if r.hidden_weight else "")
+        + "\n```\n\n"
         f"CE is the hard-label cross-entropy, KL the soft-label term ({r.kd_loss_convention}), and L_attn the "
         f"{attention} of each student layer and its mapped teacher layer (layer map above), averaged over layers."
+        + hidden
     )
 
 

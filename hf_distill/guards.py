@@ -59,7 +59,7 @@ class NonFiniteLossGuard(TrainerCallback):
     def observe(self, terms: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
         """Called by `compute_loss` in training with `{term: (per-example values, counts)}`; no host sync."""
         args = self.trainer.args
-        weights = {"loss_ce": args.alpha, "loss_kd": args.beta, "loss_attn": args.gamma}
+        weights = args.term_weights()
         for name, (total, _) in terms.items():
             if weights.get(name, 0) > 0:
                 total = total.detach().float().sum()

@@ -13,7 +13,12 @@ from typing import Any
 __all__ = ["PLOT_NAME", "plot_training_curves"]
 
 PLOT_NAME = "training_curves.png"
-_TERMS = (("loss_ce", "CE (hard labels)"), ("loss_kd", "KD (T^2 KL)"), ("loss_attn", "attention"))
+_TERMS = (
+    ("loss_ce", "CE (hard labels)"),
+    ("loss_kd", "KD (T^2 KL)"),
+    ("loss_attn", "attention"),
+    ("loss_hidden", "hidden states"),
+)
 
 
 def _series(entries: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:

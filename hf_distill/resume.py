@@ -32,6 +32,8 @@ RESUME_SETTINGS = (
     "beta",
     "gamma",
     "attention_loss",
+    "hidden_weight",
+    "hidden_loss",
     "layer_map",
 )
 

@@ -29,7 +29,7 @@ __all__ = ["DistillationTrainer", "load_teacher"]
 
 logger = logging.getLogger(__name__)
 
-_TERMS = ("loss_ce", "loss_kd", "loss_attn")
+_TERMS = ("loss_ce", "loss_kd", "loss_attn", "loss_hidden")
 _AUTO_CLASS_BY_SUFFIX = (
     ("ForSequenceClassification", "AutoModelForSequenceClassification"),
     ("ForTokenClassification", "AutoModelForTokenClassification"),
@@ -141,18 +141,21 @@ class DistillationTrainer(Trainer):
         return teacher
 
     @torch.no_grad()
-    def _teacher_forward(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor] | None]:
+    def _teacher_forward(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor] | None, tuple | None]:
+        """The teacher's logits, its attention maps of the mapped layers (gamma > 0) and its hidden states."""
         if self.teacher_model.training:  # someone called .train() on it: dropout must stay off
             self.teacher_model.eval()
         teacher_inputs = {k: v for k, v in inputs.items() if k in self._teacher_input_names}
         teacher_inputs = engines.cast_floating_inputs(teacher_inputs, self._teacher_dtype)
+        if self.args.hidden_weight > 0:
+            teacher_inputs["output_hidden_states"] = True
         recording = self._teacher_recorder.recording() if self._teacher_recorder else contextlib.nullcontext()
         # The student's forward runs under the run's mixed precision (accelerate wraps it); the teacher, which we keep
         # out of `accelerator.prepare`, gets the same autocast here instead of running in full float32.
         with recording, self.accelerator.autocast():
             outputs = self._teacher_runner(**teacher_inputs)
         maps = self._teacher_recorder.attention_maps(inputs.get("attention_mask")) if self._teacher_recorder else None
-        return outputs.logits, maps
+        return outputs.logits, maps, outputs.hidden_states if self.args.hidden_weight > 0 else None
 
     # ---- teacher-output cache (opt-in, gamma = 0): see hf_distill/teacher_cache.py --------------------------
 
@@ -201,12 +204,12 @@ class DistillationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """`alpha * CE + beta * T^2 * KL + gamma * L_attn`, normalised by the examples in the accumulated batch.
+        """`alpha * CE + beta * T^2 * KL + gamma * L_attn + hidden_weight * L_hidden`, normalised per example.
 
         In training, `num_items_in_batch` (the examples in the whole accumulated, all-process batch, counted by
         `get_batch_samples`) divides the summed per-example loss, so accumulation and data parallelism are exact.
         In evaluation the returned loss is the task cross-entropy, comparable with plain fine-tuning; the
-        distillation terms are reported as `eval_loss_ce`, `eval_loss_kd`, `eval_loss_attn`.
+        distillation terms are reported as `eval_loss_ce`, `eval_loss_kd`, `eval_loss_attn`, `eval_loss_hidden`.
         """
         args = self.args
         mode = "train" if model.training else "eval"
@@ -216,14 +219,18 @@ class DistillationTrainer(Trainer):
         student_inputs = {k: v for k, v in inputs.items() if k not in ("labels", teacher_cache.TEACHER_LOGITS)}
 
         recording = self._student_recorder.recording() if self._student_recorder else contextlib.nullcontext()
+        if args.hidden_weight > 0:
+            student_inputs["output_hidden_states"] = True
         with recording:
             outputs = model(**student_inputs)
         student_maps = self._student_recorder.attention_maps(attention_mask) if self._student_recorder else None
-        need_teacher = args.beta > 0 or args.gamma > 0
-        if cached_logits is not None and self._teacher_recorder is None:
-            teacher_logits, teacher_maps = cached_logits, None
+        need_teacher = args.beta > 0 or args.gamma > 0 or args.hidden_weight > 0
+        if cached_logits is not None and self._teacher_recorder is None and args.hidden_weight == 0:
+            teacher_logits, teacher_maps, teacher_hidden = cached_logits, None, None
+        elif need_teacher:
+            teacher_logits, teacher_maps, teacher_hidden = self._teacher_forward(inputs)
         else:
-            teacher_logits, teacher_maps = self._teacher_forward(inputs) if need_teacher else (None, None)
+            teacher_logits, teacher_maps, teacher_hidden = None, None, None
 
         logits = outputs.logits
         total = torch.zeros(logits.shape[0], device=logits.device, dtype=torch.float32)  # (B,) per example
@@ -251,7 +258,11 @@ class DistillationTrainer(Trainer):
             attn = torch.stack(per_layer).mean(dim=0)  # (B,) averaged over mapped layers
             terms["loss_attn"] = (attn, ones)
             total = total + args.gamma * attn
-        if mode == "train" and args.alpha == 0 and args.beta == 0:
+        if teacher_hidden is not None:
+            hidden = self._hidden_loss(outputs.hidden_states, teacher_hidden, attention_mask)
+            terms["loss_hidden"] = (hidden, ones)
+            total = total + args.hidden_weight * hidden
+        if mode == "train" and args.alpha == 0 and args.beta == 0:  # (the head gets no gradient from hidden states)
             # The logits are not in the loss, so the head would get no gradient and DDP would wait for it forever
             # (PITFALLS #7). A zero-valued dependency gives every student parameter a (zero) gradient.
             total = total + 0.0 * logits.float().flatten(1).sum(dim=1)
@@ -269,6 +280,20 @@ class DistillationTrainer(Trainer):
         else:
             loss = total.mean()
         return (loss, outputs) if return_outputs else loss
+
+    def _hidden_loss(self, student_states: tuple, teacher_states: tuple, attention_mask: torch.Tensor | None):
+        """Per-example hidden-state loss: `mse` over embeddings and mapped layers (averaged), or `cosine` on the last.
+
+        `hidden_states[0]` is the embedding output and `hidden_states[i + 1]` the output of layer `i`.
+        """
+        if self.args.hidden_loss == "cosine":
+            return losses.hidden_cosine_loss(student_states[-1], teacher_states[-1], attention_mask, reduction="none")
+        pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(self.layer_map)]
+        per_layer = [
+            losses.hidden_mse_loss(student_states[s], teacher_states[t], attention_mask, reduction="none")
+            for s, t in pairs
+        ]
+        return torch.stack(per_layer).mean(dim=0)  # (B,)
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         """Fetch the batches of one optimizer step and count their examples across all processes."""
@@ -324,7 +349,7 @@ class DistillationTrainer(Trainer):
             # processes the last batch's mean includes accelerate's repeated padding examples.
             output.metrics[f"{metric_key_prefix}_loss"] = means["loss_ce"]
         if means:
-            weights = {"loss_ce": self.args.alpha, "loss_kd": self.args.beta, "loss_attn": self.args.gamma}
+            weights = self.args.term_weights()
             output.metrics[f"{metric_key_prefix}_distillation_loss"] = sum(weights[k] * v for k, v in means.items())
         return output
 
@@ -420,6 +445,13 @@ def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArgume
         raise ValueError(
             f"teacher vocab_size={t_vocab} differs from student vocab_size={s_vocab}: both models read the same "
             "input_ids, so they need the same tokenizer. Build the student from the teacher (build_student)."
+        )
+    s_width, t_width = getattr(s_config, "hidden_size", None), getattr(t_config, "hidden_size", None)
+    if args.hidden_weight > 0 and s_width != t_width:
+        raise ValueError(
+            f"hidden_weight={args.hidden_weight} compares hidden states directly, but the student's hidden_size is "
+            f"{s_width} and the teacher's {t_width}. Use a student of the teacher's width (build_student keeps it), "
+            "or set hidden_weight=0 and rely on beta (logits) and gamma (attention maps, any width)."
         )
     student_layers, teacher_layers = num_layers(student), num_layers(teacher)
     layer_map = args.layer_map if args.layer_map is not None else default_layer_map(student_layers, teacher_layers)
