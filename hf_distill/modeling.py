@@ -9,7 +9,7 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["count_parameters", "default_layer_map", "find_layers", "num_layers"]
+__all__ = ["check_teacher_layers", "count_parameters", "default_layer_map", "find_layers", "num_layers"]
 
 # Where the list of transformer blocks lives, relative to `model.base_model`.
 _LAYER_PATHS = (
@@ -145,3 +145,19 @@ def self_attention_spec(model: nn.Module, layer_index: int) -> SelfAttentionSpec
         f"{', '.join(f'{q}/{k}' for q, k, _ in _PROJECTION_NAMES)}: the attention term cannot be computed. "
         "Set gamma=0 to distil without it."
     )
+
+
+def check_teacher_layers(option: str, layers: list[int], student_layers: int, teacher_layers: int) -> None:
+    """Raise unless `layers` names one valid teacher layer index per student layer (`option` names the argument)."""
+    example = default_layer_map(student_layers, teacher_layers)
+    if len(layers) != student_layers:
+        raise ValueError(
+            f"`{option}` {layers} has {len(layers)} entries but the student has {student_layers} layers: give one "
+            f"teacher layer per student layer, e.g. {example}."
+        )
+    out_of_range = [i for i in layers if not 0 <= i < teacher_layers]
+    if out_of_range:
+        raise ValueError(
+            f"`{option}` {layers} names teacher layers {out_of_range}, but the teacher has {teacher_layers} layers "
+            f"(valid indices 0..{teacher_layers - 1}), e.g. {example}."
+        )

@@ -14,7 +14,7 @@ import re
 from torch import nn
 from transformers import PreTrainedModel
 
-from .modeling import default_layer_map, find_layers
+from .modeling import check_teacher_layers, default_layer_map, find_layers
 
 __all__ = ["build_student"]
 
@@ -75,22 +75,11 @@ def _check_layers(num_layers: int, layers: list[int] | None, num_teacher_layers:
     if isinstance(layers, (str, bytes)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
         raise ValueError(f"`layers` must be a list of integers (teacher layer indices), got {layers!r}.")
     layers = list(layers)
-    example = default_layer_map(num_layers, num_teacher_layers)
-    if len(layers) != num_layers:
-        raise ValueError(
-            f"`layers` {layers} names {len(layers)} teacher layers but `num_layers`={num_layers}: give one teacher "
-            f"layer per student layer, e.g. {example}."
-        )
-    bad = [i for i in layers if not 0 <= i < num_teacher_layers]
-    if bad:
-        raise ValueError(
-            f"`layers` {layers} names {bad}, but the teacher has {num_teacher_layers} layers (valid indices "
-            f"0..{num_teacher_layers - 1}), e.g. {example}."
-        )
+    check_teacher_layers("layers", layers, num_layers, num_teacher_layers)
     if any(a >= b for a, b in zip(layers, layers[1:])):
         raise ValueError(
             f"`layers` {layers} must be strictly increasing (each teacher layer once, in the teacher's order), "
-            f"e.g. {example}."
+            f"e.g. {default_layer_map(num_layers, num_teacher_layers)}."
         )
     return layers
 

@@ -23,7 +23,7 @@ from .artifacts import CONFIG_NAME, HISTORY_NAME, DistillationRecord, library_ve
 from .attention import AttentionRecorder
 from .card import CARD_NAME, teacher_lineage, trainer_model_card, write_model_card
 from .guards import NonFiniteLossGuard
-from .modeling import count_parameters, default_layer_map, num_layers
+from .modeling import check_teacher_layers, count_parameters, default_layer_map, num_layers
 
 __all__ = ["DistillationTrainer", "load_teacher"]
 
@@ -455,17 +455,7 @@ def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArgume
         )
     student_layers, teacher_layers = num_layers(student), num_layers(teacher)
     layer_map = args.layer_map if args.layer_map is not None else default_layer_map(student_layers, teacher_layers)
-    if len(layer_map) != student_layers:
-        raise ValueError(
-            f"`layer_map` has {len(layer_map)} entries but the student has {student_layers} layers: give one "
-            f"teacher layer per student layer, e.g. {default_layer_map(student_layers, teacher_layers)}."
-        )
-    out_of_range = [i for i in layer_map if not 0 <= i < teacher_layers]
-    if out_of_range:
-        raise ValueError(
-            f"`layer_map` {layer_map} names teacher layers {out_of_range}, but the teacher has {teacher_layers} "
-            f"layers (valid indices 0..{teacher_layers - 1})."
-        )
+    check_teacher_layers("layer_map", layer_map, student_layers, teacher_layers)
     return list(layer_map)
 
 

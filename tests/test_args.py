@@ -91,7 +91,7 @@ def test_trainer_refuses_plain_training_arguments():
 
 @pytest.mark.parametrize(
     "layer_map, message",
-    [([1], "has 1 entries but the student has 2 layers"), ([1, 4], r"names teacher layers \[4\]")],
+    [([1], r"`layer_map` \[1\] has 1 entries but the student has 2 layers"), ([1, 4], r"names teacher layers \[4\]")],
 )
 def test_trainer_checks_layer_map_against_the_models(layer_map, message):
     args = DistillationArguments(output_dir="run", report_to="none", layer_map=layer_map)

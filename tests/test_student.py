@@ -142,7 +142,7 @@ def test_student_saves_and_reloads_with_its_layers_recorded(tmp_path):
         (0, None, "`num_layers` must be a positive integer"),
         (2, [0, 4], "valid indices 0..3"),
         (2, [-1, 2], "valid indices 0..3"),
-        (2, [1, 2, 3], "names 3 teacher layers but `num_layers`=2"),
+        (2, [1, 2, 3], "has 3 entries but the student has 2 layers"),
         (2, [2, 2], "strictly increasing"),
         (2, [3, 1], "strictly increasing"),
         (2, "13", "must be a list of integers"),
