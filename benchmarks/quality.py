@@ -39,6 +39,9 @@ CONFIGS: dict[str, dict] = {
     "kd_t4_pure": dict(temperature=4.0, alpha=0.0, beta=1.0, gamma=0.0, attention_loss="mse"),
     "kd_t2_hidden": dict(temperature=2.0, alpha=0.5, beta=1.0, gamma=0.0, hidden_weight=1.0),
     "kd_t1_hidden_pure": dict(temperature=1.0, alpha=0.0, beta=1.0, gamma=0.0, hidden_weight=1.0),
+    "kd_t2_hidden_attn_kl": dict(
+        temperature=2.0, alpha=0.5, beta=1.0, gamma=1.0, attention_loss="kl", hidden_weight=1.0
+    ),
 }
 DEFAULT_CONFIGS = ["seed", "kd_t2"]
 STUDENT_LAYERS = [1, 3, 5]

@@ -54,6 +54,8 @@ def test_hidden_term_trains_is_logged_and_recorded(tmp_path, teacher, student):
     trainer.save_model()
     record = load_distillation_config(trainer.args.output_dir)
     assert (record.hidden_weight, record.hidden_loss) == (1.0, "mse")
+    card = (tmp_path / "out" / "README.md").read_text()
+    assert "+ 1 * L_hidden[mse]" in card and "TinyBERT/PKD" in card
 
 
 def test_hidden_weight_zero_keeps_no_hidden_states(tmp_path, teacher, student, monkeypatch):
