@@ -184,7 +184,7 @@ def main(argv: list[str] | None = None) -> None:
                 teacher, settings, train, collator, opts, seed, use_cache=not opts.no_teacher_cache
             )
             last = next((h for h in reversed(history) if "loss_ce" in h), {})
-            terms = {k: last.get(k) for k in ("loss_ce", "loss_kd", "loss_attn")}
+            terms = {k: last.get(k) for k in ("loss_ce", "loss_kd", "loss_attn", "loss_hidden")}
             runs.append(
                 {"config": name, "seed": seed, "accuracy": accuracy(student, val, collator), "seconds": seconds,
                  "settings": settings, "last_logged_terms": terms}
