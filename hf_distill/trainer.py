@@ -262,7 +262,7 @@ class DistillationTrainer(Trainer):
             hidden = self._hidden_loss(outputs.hidden_states, teacher_hidden, attention_mask)
             terms["loss_hidden"] = (hidden, ones)
             total = total + args.hidden_weight * hidden
-        if mode == "train" and args.alpha == 0 and args.beta == 0:  # (the head gets no gradient from hidden states)
+        if mode == "train" and args.alpha == 0 and args.beta == 0:
             # The logits are not in the loss, so the head would get no gradient and DDP would wait for it forever
             # (PITFALLS #7). A zero-valued dependency gives every student parameter a (zero) gradient.
             total = total + 0.0 * logits.float().flatten(1).sum(dim=1)
