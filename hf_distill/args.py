@@ -12,7 +12,7 @@ from .engines import TEACHER_DTYPES
 
 __all__ = ["ATTENTION_LOSSES", "DistillationArguments", "HIDDEN_LOSSES"]
 
-ATTENTION_LOSSES = ("mse", "kl")
+ATTENTION_LOSSES = ("mse", "kl", "score_mse")
 HIDDEN_LOSSES = ("mse", "cosine")
 
 
@@ -36,6 +36,7 @@ class DistillationArguments(TrainingArguments):
         attention_loss (`str`, *optional*, defaults to `"mse"`):
             `"mse"`: MSE between head-averaged attention maps (the lab notebook's loss; head counts may differ).
             `"kl"`: KL divergence between per-head attention distributions, as in MiniLM (same head count).
+            `"score_mse"`: MSE between per-head pre-softmax scores, as in TinyBERT (same head count).
         layer_map (`list[int]`, *optional*):
             For each student layer, the teacher layer whose attention it learns (0-indexed). Defaults to a uniform
             map in which the last student layer matches the last teacher layer: 12 -> 6 gives [1, 3, 5, 7, 9, 11].
@@ -77,7 +78,8 @@ class DistillationArguments(TrainingArguments):
     attention_loss: str = field(
         default="mse",
         metadata={
-            "help": "Attention loss: 'mse' (head-averaged maps, head counts may differ) or 'kl' (MiniLM, per head).",
+            "help": "Attention loss: 'mse' (head-averaged maps, head counts may differ), 'kl' (MiniLM, per head) or "
+            "'score_mse' (TinyBERT, per-head pre-softmax scores).",
             "choices": list(ATTENTION_LOSSES),
         },
     )

@@ -25,6 +25,8 @@ class AttentionRecorder:
     Args:
         model (`nn.Module`): a transformers model (unwrapped).
         layer_indices (`Sequence[int]`): the blocks whose attention maps are wanted, in the order they are returned.
+        scores (`bool`, *optional*, defaults to `False`): return the pre-softmax scores `Q K^T * scaling` (padded
+            keys at the dtype's minimum) instead of the probabilities, for TinyBERT's loss.
 
     >>> recorder = AttentionRecorder(model, [1, 3])  # doctest: +SKIP
     >>> with recorder.recording():  # doctest: +SKIP
@@ -32,8 +34,9 @@ class AttentionRecorder:
     >>> maps = recorder.attention_maps(batch["attention_mask"])  # list of (B, H, T, T) float32  # doctest: +SKIP
     """
 
-    def __init__(self, model: nn.Module, layer_indices: Sequence[int]) -> None:
+    def __init__(self, model: nn.Module, layer_indices: Sequence[int], scores: bool = False) -> None:
         self.layer_indices = list(layer_indices)
+        self.scores = scores
         self.specs: list[SelfAttentionSpec] = [self_attention_spec(model, i) for i in self.layer_indices]
         self._active = False
         self._queries: dict[int, torch.Tensor] = {}
@@ -66,7 +69,7 @@ class AttentionRecorder:
             self._active = False
 
     def attention_maps(self, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
-        """Attention probabilities of the recorded layers, each `(B, H, T, T)` in float32, padded keys at 0.
+        """Attention probabilities (or scores) of the recorded layers, each `(B, H, T, T)` float32, padded keys at 0.
 
         Raises:
             `RuntimeError` if a mapped layer did not run, so the attention term can never be silently zero.
@@ -98,6 +101,8 @@ class AttentionRecorder:
                 padded_keys, torch.finfo(scores.dtype).min
             )
             scores.add_(additive)  # in place: matmul's backward needs q and k, not its output; one map less at peak
+        if self.scores:
+            return scores
         if scores.requires_grad:
             return scores.softmax(dim=-1)
         # No gradient (the teacher): the same softmax computed in place, so scores and probabilities never coexist.

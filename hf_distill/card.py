@@ -273,11 +273,10 @@ def _architecture(r: DistillationRecord) -> str:
 
 def _loss(r: DistillationRecord) -> str:
     t = r.temperature
-    attention = (
-        "per-head KL between attention distributions (MiniLM)"
-        if r.attention_loss == "kl"
-        else "MSE between head-averaged attention maps"
-    )
+    attention = {
+        "kl": "per-head KL between attention distributions (MiniLM)",
+        "score_mse": "per-head MSE between pre-softmax attention scores (TinyBERT)",
+    }.get(r.attention_loss, "MSE between head-averaged attention maps")
     hidden = ""
     if r.hidden_weight:
         hidden = (

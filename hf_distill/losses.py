@@ -166,7 +166,7 @@ def _check_maps(student: torch.Tensor, teacher: torch.Tensor, same_heads: bool) 
         )
     if same_heads and student.shape[1] != teacher.shape[1]:
         raise ValueError(
-            f"attention_loss='kl' compares heads one to one, but the student has {student.shape[1]} heads and the "
+            f"this attention loss compares heads one to one, but the student has {student.shape[1]} heads and the "
             f"teacher {teacher.shape[1]}. Use attention_loss='mse' (head-averaged maps) for different head counts."
         )
 

@@ -30,6 +30,11 @@ __all__ = ["DistillationTrainer", "load_teacher"]
 logger = logging.getLogger(__name__)
 
 _TERMS = ("loss_ce", "loss_kd", "loss_attn", "loss_hidden")
+_ATTENTION_LOSS_FUNCTIONS = {
+    "mse": losses.attention_mse_loss,
+    "kl": losses.attention_kl_loss,
+    "score_mse": losses.attention_score_mse_loss,
+}
 _AUTO_CLASS_BY_SUFFIX = (
     ("ForSequenceClassification", "AutoModelForSequenceClassification"),
     ("ForTokenClassification", "AutoModelForTokenClassification"),
@@ -119,8 +124,9 @@ class DistillationTrainer(Trainer):
         self._teacher_input_names = set(inspect.signature(self.teacher_model.forward).parameters) - {"labels"}
         self._student_recorder = self._teacher_recorder = None
         if args.gamma > 0:
-            self._student_recorder = AttentionRecorder(model, list(range(len(self.layer_map))))
-            self._teacher_recorder = AttentionRecorder(self.teacher_model, self.layer_map)
+            scores = args.attention_loss == "score_mse"  # TinyBERT compares scores, not probabilities
+            self._student_recorder = AttentionRecorder(model, list(range(len(self.layer_map))), scores=scores)
+            self._teacher_recorder = AttentionRecorder(self.teacher_model, self.layer_map, scores=scores)
             _check_heads(args, self._student_recorder, self._teacher_recorder)
         self._term_sums: dict[str, dict[str, list[torch.Tensor]]] = {"train": {}, "eval": {}}
         self._teacher_lineage = teacher_lineage(self.teacher_name_or_path)
@@ -252,7 +258,7 @@ class DistillationTrainer(Trainer):
             if args.beta > 0:
                 total = total + args.beta * kd
         if student_maps is not None:
-            attention_fn = losses.attention_kl_loss if args.attention_loss == "kl" else losses.attention_mse_loss
+            attention_fn = _ATTENTION_LOSS_FUNCTIONS[args.attention_loss]
             pairs = zip(student_maps, teacher_maps)
             per_layer = [attention_fn(s, t, attention_mask, reduction="none") for s, t in pairs]
             attn = torch.stack(per_layer).mean(dim=0)  # (B,) averaged over mapped layers
@@ -460,13 +466,14 @@ def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArgume
 
 
 def _check_heads(args: DistillationArguments, student: AttentionRecorder, teacher: AttentionRecorder) -> None:
-    if args.attention_loss != "kl":
+    if args.attention_loss == "mse":  # head-averaged: any head counts
         return
     for s_layer, (s_heads, t_heads) in enumerate(zip(student.num_heads, teacher.num_heads)):
         if s_heads != t_heads:
             raise ValueError(
-                f"attention_loss='kl' compares heads one to one, but student layer {s_layer} has {s_heads} heads and "
-                f"teacher layer {teacher.layer_indices[s_layer]} has {t_heads}. Use attention_loss='mse'."
+                f"attention_loss={args.attention_loss!r} compares heads one to one, but student layer {s_layer} has "
+                f"{s_heads} heads and teacher layer {teacher.layer_indices[s_layer]} has {t_heads}. Use "
+                "attention_loss='mse'."
             )
 
 
