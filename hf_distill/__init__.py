@@ -7,7 +7,16 @@ from .artifacts import DistillationRecord, load_distillation_config, load_traini
 from .card import build_model_card, teacher_lineage
 from .checks import parse_config_file
 from .guards import NonFiniteLossError
-from .losses import attention_kl_loss, attention_mse_loss, hard_label_loss, soft_label_loss
+from .losses import (
+    attention_kl_loss,
+    attention_mse_loss,
+    attention_score_mse_loss,
+    hard_label_loss,
+    hidden_cosine_loss,
+    hidden_mse_loss,
+    relation_kl_loss,
+    soft_label_loss,
+)
 from .modeling import default_layer_map
 from .student import build_student
 from .trainer import DistillationTrainer
@@ -19,13 +28,17 @@ __all__ = [
     "NonFiniteLossError",
     "attention_kl_loss",
     "attention_mse_loss",
-    "build_student",
+    "attention_score_mse_loss",
     "build_model_card",
+    "build_student",
     "default_layer_map",
     "hard_label_loss",
+    "hidden_cosine_loss",
+    "hidden_mse_loss",
     "load_distillation_config",
     "load_training_history",
     "parse_config_file",
+    "relation_kl_loss",
     "soft_label_loss",
     "teacher_lineage",
 ]

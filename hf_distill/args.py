@@ -10,10 +10,11 @@ from transformers import TrainingArguments
 
 from .engines import TEACHER_DTYPES
 
-__all__ = ["ATTENTION_LOSSES", "DistillationArguments", "HIDDEN_LOSSES"]
+__all__ = ["ATTENTION_LOSSES", "DistillationArguments", "HIDDEN_LOSSES", "RELATION_LOSSES"]
 
 ATTENTION_LOSSES = ("mse", "kl", "score_mse")
 HIDDEN_LOSSES = ("mse", "cosine")
+RELATION_LOSSES = ("value", "qkv")
 
 
 @dataclass
@@ -22,7 +23,7 @@ class DistillationArguments(TrainingArguments):
     [`~transformers.TrainingArguments`] for [`DistillationTrainer`]. The total loss is
 
         alpha * CE(student, labels) + beta * T^2 * KL(softmax(teacher / T) || softmax(student / T)) + gamma * L_attn
-              + hidden_weight * L_hidden
+              + hidden_weight * L_hidden + relation_weight * L_relation
 
     Parameters:
         temperature (`float`, *optional*, defaults to `4.0`):
@@ -46,6 +47,14 @@ class DistillationArguments(TrainingArguments):
         hidden_loss (`str`, *optional*, defaults to `"mse"`):
             `"mse"`: TinyBERT/PKD-style MSE between the embedding outputs and between each student layer's output and
             its mapped teacher layer's output, averaged. `"cosine"`: DistilBERT's `1 - cos` on the last layer only.
+        relation_weight (`float`, *optional*, defaults to `0.0`):
+            Weight of the self-relation term between the last student layer and its mapped teacher layer. With `0`
+            no projections are recorded.
+        relation_loss (`str`, *optional*, defaults to `"qkv"`):
+            `"value"`: MiniLM's value-relation KL, per attention head (same head count). `"qkv"`: MiniLMv2's mean of
+            the Q-Q, K-K and V-V relation KLs over `relation_heads` relation heads (any widths and head counts).
+        relation_heads (`int`, *optional*):
+            Relation heads for `"qkv"`; must divide both widths. Default: the teacher's attention head count.
         skip_nonfinite_steps (`bool`, *optional*, defaults to `False`):
             On a NaN/inf loss term, skip that optimizer step (no update) with a warning instead of stopping training.
         allow_resume_with_different_settings (`bool`, *optional*, defaults to `False`):
@@ -102,6 +111,24 @@ class DistillationArguments(TrainingArguments):
             "choices": list(HIDDEN_LOSSES),
         },
     )
+    relation_weight: float = field(
+        default=0.0,
+        metadata={
+            "help": "Weight of the self-relation term (MiniLM/MiniLMv2) on the last student layer; 0 disables it."
+        },
+    )
+    relation_loss: str = field(
+        default="qkv",
+        metadata={
+            "help": "Relation loss: 'value' (MiniLM value relation, same head count) or 'qkv' (MiniLMv2 Q-Q, K-K, V-V "
+            "relations over relation heads, any widths).",
+            "choices": list(RELATION_LOSSES),
+        },
+    )
+    relation_heads: int | None = field(
+        default=None,
+        metadata={"help": "Relation heads for relation_loss='qkv' (must divide both widths); default: the teacher's."},
+    )
     skip_nonfinite_steps: bool = field(
         default=False,
         metadata={"help": "On a NaN/inf loss term, skip that optimizer step (no update) instead of stopping."},
@@ -142,14 +169,14 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(f"`temperature` must be a finite number > 0, got {self.temperature!r}. Try 4.0.")
         if self.temperature <= 0:
             raise ValueError(f"`temperature` must be > 0, got {self.temperature}. Try 4.0 (Hinton recommends 1-10).")
-        for name in ("alpha", "beta", "gamma", "hidden_weight"):
+        for name in ("alpha", "beta", "gamma", "hidden_weight", "relation_weight"):
             value = getattr(self, name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
         if not any(self.term_weights().values()):
             raise ValueError(
-                "`alpha`, `beta`, `gamma` and `hidden_weight` are all 0: there is nothing to train on. Set at least "
-                "one loss weight > 0, e.g. alpha=0.1 beta=0.5 gamma=0.4."
+                "`alpha`, `beta`, `gamma`, `hidden_weight` and `relation_weight` are all 0: there is nothing to train "
+                "on. Set at least one loss weight > 0, e.g. alpha=0.1 beta=0.5 gamma=0.4."
             )
         if self.attention_loss not in ATTENTION_LOSSES:
             raise ValueError(
@@ -157,6 +184,16 @@ class DistillationArguments(TrainingArguments):
             )
         if self.hidden_loss not in HIDDEN_LOSSES:
             raise ValueError(f"`hidden_loss` must be one of {', '.join(HIDDEN_LOSSES)}, got {self.hidden_loss!r}.")
+        if self.relation_loss not in RELATION_LOSSES:
+            raise ValueError(
+                f"`relation_loss` must be one of {', '.join(RELATION_LOSSES)}, got {self.relation_loss!r}."
+            )
+        if self.relation_heads is not None and (
+            isinstance(self.relation_heads, bool)
+            or not isinstance(self.relation_heads, int)
+            or self.relation_heads < 1
+        ):
+            raise ValueError(f"`relation_heads` must be a positive integer (or unset), got {self.relation_heads!r}.")
         if self.layer_map is not None:
             if isinstance(self.layer_map, (str, bytes)) or not all(
                 isinstance(i, int) and not isinstance(i, bool) for i in self.layer_map
@@ -171,7 +208,12 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(
                 f"`teacher_dtype` must be one of {', '.join(TEACHER_DTYPES)} (or unset), got {self.teacher_dtype!r}."
             )
-        for name, needs in (("gamma", "attention maps"), ("hidden_weight", "hidden states")):
+        needs_teacher = (
+            ("gamma", "attention maps"),
+            ("hidden_weight", "hidden states"),
+            ("relation_weight", "projections"),
+        )
+        for name, needs in needs_teacher:
             if self.teacher_cache_dir is not None and getattr(self, name) > 0:
                 raise ValueError(
                     f"`teacher_cache_dir` caches the teacher's logits only, but {name}={getattr(self, name)} needs "
@@ -206,14 +248,18 @@ class DistillationArguments(TrainingArguments):
             "attention_loss": self.attention_loss,
             "hidden_weight": self.hidden_weight,
             "hidden_loss": self.hidden_loss,
+            "relation_weight": self.relation_weight,
+            "relation_loss": self.relation_loss,
+            "relation_heads": self.relation_heads,
             "layer_map": self.layer_map,
         }
 
     def term_weights(self) -> dict[str, float]:
-        """The weight of each logged loss term (`loss_ce`, `loss_kd`, `loss_attn`, `loss_hidden`) in the total."""
+        """The weight of each logged loss term (`loss_ce`, `loss_kd`, `loss_attn`, ...) in the total."""
         return {
             "loss_ce": self.alpha,
             "loss_kd": self.beta,
             "loss_attn": self.gamma,
             "loss_hidden": self.hidden_weight,
+            "loss_relation": self.relation_weight,
         }

@@ -32,6 +32,7 @@ CONFIG_NAME = "distillation_config.json"
 HISTORY_NAME = "training_history.json"
 LOSS_FORMULA = (
     "alpha * CE(s, y) + beta * T^2 * KL(softmax(t/T) || softmax(s/T)) + gamma * L_attn + hidden_weight * L_hidden"
+    " + relation_weight * L_relation"
 )
 
 
@@ -58,6 +59,9 @@ class DistillationRecord:
     attention_loss: str | None = None
     hidden_weight: float | None = None
     hidden_loss: str | None = None
+    relation_weight: float | None = None
+    relation_loss: str | None = None
+    relation_heads: int | None = None
     layer_map: list[int] | None = None
     learning_rate: float | None = None
     per_device_train_batch_size: int | None = None

@@ -16,7 +16,7 @@ from torch import nn
 
 from .modeling import SelfAttentionSpec, self_attention_spec
 
-__all__ = ["AttentionRecorder"]
+__all__ = ["AttentionRecorder", "ProjectionRecorder"]
 
 
 class AttentionRecorder:
@@ -111,6 +111,63 @@ class AttentionRecorder:
 
     def remove(self) -> None:
         """Remove the hooks from the model."""
+        for handle in self._handles:
+            handle.remove()
+        self._handles.clear()
+
+
+class ProjectionRecorder:
+    """Records the query, key and value projections of one layer for the self-relation terms (MiniLM, MiniLMv2).
+
+    Args:
+        model (`nn.Module`): a transformers model (unwrapped).
+        layer_index (`int`): the block whose projections are wanted.
+
+    After a forward pass inside `recording()`, `projections()` returns `{"query", "key", "value"}`, each `(B, T, D)`.
+    """
+
+    NAMES = ("query", "key", "value")
+
+    def __init__(self, model: nn.Module, layer_index: int) -> None:
+        self.layer_index = layer_index
+        self.spec = self_attention_spec(model, layer_index)
+        if self.spec.value is None:
+            raise ValueError(
+                f"layer {layer_index} of {type(model).__name__} has no value projection the relation term can read. "
+                "Set relation_weight=0."
+            )
+        self._active = False
+        self._store: dict[str, torch.Tensor] = {}
+        modules = (self.spec.query, self.spec.key, self.spec.value)
+        self._handles = [module.register_forward_hook(self._hook(name)) for name, module in zip(self.NAMES, modules)]
+
+    def _hook(self, name: str):
+        def hook(module: nn.Module, args, output: torch.Tensor) -> None:
+            if self._active:
+                self._store[name] = output
+
+        return hook
+
+    @contextmanager
+    def recording(self) -> Iterator[ProjectionRecorder]:
+        self._store.clear()
+        self._active = True
+        try:
+            yield self
+        finally:
+            self._active = False
+
+    def projections(self) -> dict[str, torch.Tensor]:
+        """The recorded projections; raises if the layer did not run, so the term is never silently zero."""
+        if len(self._store) != len(self.NAMES):
+            raise RuntimeError(
+                f"no query/key/value projections were captured for layer {self.layer_index}: the forward pass did "
+                "not run it."
+            )
+        store, self._store = self._store, {}
+        return store
+
+    def remove(self) -> None:
         for handle in self._handles:
             handle.remove()
         self._handles.clear()

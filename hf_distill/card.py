@@ -56,7 +56,7 @@ _TASK_BY_SUFFIX = (
 _LINEAGE_KEYS = (
     "teacher_model student_architecture student_num_parameters student_num_layers teacher_num_parameters "
     "compression_ratio student_layers_from_teacher temperature alpha beta gamma attention_loss hidden_weight "
-    "hidden_loss layer_map"
+    "hidden_loss relation_weight relation_loss relation_heads layer_map"
 ).split()
 _CITATION = """```bibtex
 @article{hinton2015distilling,
@@ -291,10 +291,17 @@ def _loss(r: DistillationRecord) -> str:
         f"  = {_fmt(r.alpha)} * CE + {_fmt(r.beta)} * {_fmt(t)}^2 * KL(softmax(t/{_fmt(t)}) || softmax(s/{_fmt(t)}))"
         f" + {_fmt(r.gamma)} * L_attn[{r.attention_loss}]"
         + (f" + {_fmt(r.hidden_weight)} * L_hidden[{r.hidden_loss}]" if r.hidden_weight else "")
+        + (f" + {_fmt(r.relation_weight)} * L_relation[{r.relation_loss}]" if r.relation_weight else "")
         + "\n```\n\n"
         f"CE is the hard-label cross-entropy, KL the soft-label term ({r.kd_loss_convention}), and L_attn the "
         f"{attention} of each student layer and its mapped teacher layer (layer map above), averaged over layers."
         + hidden
+        + (
+            " L_relation is the KL between the teacher's and the student's self-relations of the last layer "
+            + ("(values, MiniLM)." if r.relation_loss == "value" else "(queries, keys and values, MiniLMv2).")
+            if r.relation_weight
+            else ""
+        )
     )
 
 

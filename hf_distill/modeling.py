@@ -91,6 +91,7 @@ class SelfAttentionSpec:
     num_heads: int
     head_dim: int
     scaling: float
+    value: nn.Linear | None = None
 
 
 def _heads_of(attention: nn.Module, query: nn.Linear, config) -> tuple[int, int]:
@@ -129,7 +130,7 @@ def self_attention_spec(model: nn.Module, layer_index: int) -> SelfAttentionSpec
         )
     layer = find_layers(model)[layer_index]
     for module in layer.modules():  # self-attention comes before any cross-attention in module order
-        for q_name, k_name, _ in _PROJECTION_NAMES:
+        for q_name, k_name, v_name in _PROJECTION_NAMES:
             query, key = getattr(module, q_name, None), getattr(module, k_name, None)
             if isinstance(query, nn.Linear) and isinstance(key, nn.Linear):
                 heads, head_dim = _heads_of(module, query, config)
@@ -139,7 +140,9 @@ def self_attention_spec(model: nn.Module, layer_index: int) -> SelfAttentionSpec
                         f"{type(module).__name__} shares keys across heads (grouped-query attention); attention "
                         "maps of such models are not supported yet. Set gamma=0."
                     )
-                return SelfAttentionSpec(query, key, heads, head_dim, scaling)
+                value = getattr(module, v_name, None)
+                value = value if isinstance(value, nn.Linear) else None
+                return SelfAttentionSpec(query, key, heads, head_dim, scaling, value)
     raise ValueError(
         f"layer {layer_index} of {type(model).__name__} has no query/key projections named "
         f"{', '.join(f'{q}/{k}' for q, k, _ in _PROJECTION_NAMES)}: the attention term cannot be computed. "

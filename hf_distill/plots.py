@@ -18,6 +18,7 @@ _TERMS = (
     ("loss_kd", "KD (T^2 KL)"),
     ("loss_attn", "attention"),
     ("loss_hidden", "hidden states"),
+    ("loss_relation", "self-relations"),
 )
 
 

@@ -34,6 +34,9 @@ RESUME_SETTINGS = (
     "attention_loss",
     "hidden_weight",
     "hidden_loss",
+    "relation_weight",
+    "relation_loss",
+    "relation_heads",
     "layer_map",
 )
 

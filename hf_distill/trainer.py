@@ -6,6 +6,7 @@ import contextlib
 import inspect
 import json
 import logging
+import math
 import os
 import shutil
 import time
@@ -20,7 +21,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from . import checks, engines, losses, teacher_cache
 from .args import DistillationArguments
 from .artifacts import CONFIG_NAME, HISTORY_NAME, DistillationRecord, library_versions, write_artifacts
-from .attention import AttentionRecorder
+from .attention import AttentionRecorder, ProjectionRecorder
 from .card import CARD_NAME, teacher_lineage, trainer_model_card, write_model_card
 from .guards import NonFiniteLossGuard
 from .modeling import check_teacher_layers, count_parameters, default_layer_map, num_layers
@@ -29,7 +30,7 @@ __all__ = ["DistillationTrainer", "load_teacher"]
 
 logger = logging.getLogger(__name__)
 
-_TERMS = ("loss_ce", "loss_kd", "loss_attn", "loss_hidden")
+_TERMS = ("loss_ce", "loss_kd", "loss_attn", "loss_hidden", "loss_relation")
 _ATTENTION_LOSS_FUNCTIONS = {
     "mse": losses.attention_mse_loss,
     "kl": losses.attention_kl_loss,
@@ -128,6 +129,11 @@ class DistillationTrainer(Trainer):
             self._student_recorder = AttentionRecorder(model, list(range(len(self.layer_map))), scores=scores)
             self._teacher_recorder = AttentionRecorder(self.teacher_model, self.layer_map, scores=scores)
             _check_heads(args, self._student_recorder, self._teacher_recorder)
+        self._student_projections = self._teacher_projections = None
+        if args.relation_weight > 0:  # MiniLM / MiniLMv2: the last student layer and its mapped teacher layer
+            self._student_projections = ProjectionRecorder(model, len(self.layer_map) - 1)
+            self._teacher_projections = ProjectionRecorder(self.teacher_model, self.layer_map[-1])
+            self._relation_heads = _relation_heads(args, self._student_projections, self._teacher_projections)
         self._term_sums: dict[str, dict[str, list[torch.Tensor]]] = {"train": {}, "eval": {}}
         self._teacher_lineage = teacher_lineage(self.teacher_name_or_path)
         self._card_kwargs: dict[str, Any] = {}  # what the last create_model_card call was given, kept for later saves
@@ -148,7 +154,9 @@ class DistillationTrainer(Trainer):
 
     @torch.no_grad()
     def _teacher_forward(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor] | None, tuple | None]:
-        """The teacher's logits, its attention maps of the mapped layers (gamma > 0) and its hidden states."""
+        """The teacher's logits, its attention maps of the mapped layers (gamma > 0) and its hidden states.
+
+        With `relation_weight > 0` its projections are left in `self._teacher_projections`."""
         if self.teacher_model.training:  # someone called .train() on it: dropout must stay off
             self.teacher_model.eval()
         teacher_inputs = {k: v for k, v in inputs.items() if k in self._teacher_input_names}
@@ -156,9 +164,10 @@ class DistillationTrainer(Trainer):
         if self.args.hidden_weight > 0:
             teacher_inputs["output_hidden_states"] = True
         recording = self._teacher_recorder.recording() if self._teacher_recorder else contextlib.nullcontext()
+        projecting = self._teacher_projections.recording() if self._teacher_projections else contextlib.nullcontext()
         # The student's forward runs under the run's mixed precision (accelerate wraps it); the teacher, which we keep
         # out of `accelerator.prepare`, gets the same autocast here instead of running in full float32.
-        with recording, self.accelerator.autocast():
+        with recording, projecting, self.accelerator.autocast():
             outputs = self._teacher_runner(**teacher_inputs)
         maps = self._teacher_recorder.attention_maps(inputs.get("attention_mask")) if self._teacher_recorder else None
         return outputs.logits, maps, outputs.hidden_states if self.args.hidden_weight > 0 else None
@@ -225,12 +234,13 @@ class DistillationTrainer(Trainer):
         student_inputs = {k: v for k, v in inputs.items() if k not in ("labels", teacher_cache.TEACHER_LOGITS)}
 
         recording = self._student_recorder.recording() if self._student_recorder else contextlib.nullcontext()
+        projecting = self._student_projections.recording() if self._student_projections else contextlib.nullcontext()
         if args.hidden_weight > 0:
             student_inputs["output_hidden_states"] = True
-        with recording:
+        with recording, projecting:
             outputs = model(**student_inputs)
         student_maps = self._student_recorder.attention_maps(attention_mask) if self._student_recorder else None
-        need_teacher = args.beta > 0 or args.gamma > 0 or args.hidden_weight > 0
+        need_teacher = args.beta > 0 or args.gamma > 0 or args.hidden_weight > 0 or args.relation_weight > 0
         if cached_logits is not None and self._teacher_recorder is None and args.hidden_weight == 0:
             teacher_logits, teacher_maps, teacher_hidden = cached_logits, None, None
         elif need_teacher:
@@ -268,6 +278,10 @@ class DistillationTrainer(Trainer):
             hidden = self._hidden_loss(outputs.hidden_states, teacher_hidden, attention_mask)
             terms["loss_hidden"] = (hidden, ones)
             total = total + args.hidden_weight * hidden
+        if self._student_projections is not None and need_teacher:
+            relation = self._relation_loss(attention_mask)
+            terms["loss_relation"] = (relation, ones)
+            total = total + args.relation_weight * relation
         if mode == "train" and args.alpha == 0 and args.beta == 0:
             # The logits are not in the loss, so the head would get no gradient and DDP would wait for it forever
             # (PITFALLS #7). A zero-valued dependency gives every student parameter a (zero) gradient.
@@ -300,6 +314,19 @@ class DistillationTrainer(Trainer):
             for s, t in pairs
         ]
         return torch.stack(per_layer).mean(dim=0)  # (B,)
+
+    def _relation_loss(self, attention_mask: torch.Tensor | None) -> torch.Tensor:
+        """Per-example self-relation KL of the last student layer against its mapped teacher layer.
+
+        `value`: MiniLM's value relation. `qkv`: MiniLMv2's mean of the Q-Q, K-K and V-V relations.
+        """
+        student, teacher = self._student_projections.projections(), self._teacher_projections.projections()
+        names = ("value",) if self.args.relation_loss == "value" else ProjectionRecorder.NAMES
+        per_kind = [
+            losses.relation_kl_loss(student[n], teacher[n], self._relation_heads, attention_mask, reduction="none")
+            for n in names
+        ]
+        return torch.stack(per_kind).mean(dim=0)  # (B,)
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         """Fetch the batches of one optimizer step and count their examples across all processes."""
@@ -475,6 +502,28 @@ def _check_heads(args: DistillationArguments, student: AttentionRecorder, teache
                 f"{s_heads} heads and teacher layer {teacher.layer_indices[s_layer]} has {t_heads}. Use "
                 "attention_loss='mse'."
             )
+
+
+def _relation_heads(args: DistillationArguments, student: ProjectionRecorder, teacher: ProjectionRecorder) -> int:
+    """The relation heads of the self-relation term, checked against both models before any work is done."""
+    if args.relation_loss == "value":  # MiniLM compares each attention head's value relation one to one
+        if student.spec.num_heads != teacher.spec.num_heads:
+            raise ValueError(
+                f"relation_loss='value' compares attention heads one to one, but the student's last layer has "
+                f"{student.spec.num_heads} heads and teacher layer {teacher.layer_index} has "
+                f"{teacher.spec.num_heads}. Use relation_loss='qkv', which works with any head counts."
+            )
+        return teacher.spec.num_heads
+    heads = args.relation_heads or teacher.spec.num_heads
+    for who, spec in (("student", student.spec), ("teacher", teacher.spec)):
+        widths = {projection.out_features for projection in (spec.query, spec.key, spec.value)}
+        if any(width % heads for width in widths):
+            raise ValueError(
+                f"relation_heads={heads} must divide the {who}'s query/key/value widths {sorted(widths)}. Choose "
+                f"relation_heads that divides both models' widths, e.g. "
+                f"{math.gcd(student.spec.value.out_features, teacher.spec.value.out_features)}."
+            )
+    return heads
 
 
 def _recorded_training_seconds(resume_from_checkpoint: str | bool | None, output_dir: str) -> float:
