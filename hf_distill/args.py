@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from transformers import TrainingArguments
 
 from .engines import TEACHER_DTYPES
+from .recipes import DEFAULTS, RECIPES, resolve_loss_settings
 
 __all__ = ["ATTENTION_LOSSES", "DistillationArguments", "HIDDEN_LOSSES", "RELATION_LOSSES"]
 
@@ -26,6 +27,10 @@ class DistillationArguments(TrainingArguments):
               + hidden_weight * L_hidden + relation_weight * L_relation
 
     Parameters:
+        recipe (`str`, *optional*):
+            A published recipe (`seed`, `hinton`, `distilbert`, `tinybert`, `minilm`, `minilmv2`; see
+            `hf_distill.recipes`) that fills every loss setting below left unset; explicit values win. The defaults
+            below apply where neither sets a value.
         temperature (`float`, *optional*, defaults to `4.0`):
             Softmax temperature `T` of the soft-label term (Hinton et al., 2015). The KL term is multiplied by `T^2`.
         alpha (`float`, *optional*, defaults to `0.1`):
@@ -74,21 +79,34 @@ class DistillationArguments(TrainingArguments):
     `alpha = BETA * ALPHA`, `beta = BETA * (1 - ALPHA)`, `gamma = GAMMA` (0.05, 0.45, 0.4 for its 0.1/0.5/0.4).
     """
 
-    temperature: float = field(
-        default=4.0,
-        metadata={"help": "Softmax temperature T of the soft-label term; the KL term is multiplied by T^2."},
-    )
-    alpha: float = field(default=0.1, metadata={"help": "Weight of the hard-label cross-entropy term."})
-    beta: float = field(default=0.5, metadata={"help": "Weight of the T^2-scaled soft-label KL term."})
-    gamma: float = field(
-        default=0.4,
-        metadata={"help": "Weight of the self-attention distillation term; 0 disables it (no attention maps)."},
-    )
-    attention_loss: str = field(
-        default="mse",
+    # The loss settings default to None, which means "the recipe's value, else the library default" (recipes.py);
+    # after __post_init__ they always hold the value in use (4.0 / 0.1 / 0.5 / 0.4 / "mse" / 0 ... without a recipe).
+    recipe: str | None = field(
+        default=None,
         metadata={
-            "help": "Attention loss: 'mse' (head-averaged maps, head counts may differ), 'kl' (MiniLM, per head) or "
-            "'score_mse' (TinyBERT, per-head pre-softmax scores).",
+            "help": "A published recipe that fills the loss settings you leave unset: "
+            + ", ".join(RECIPES)
+            + ". Default: none (the library defaults, which are the 'seed' recipe).",
+            "choices": list(RECIPES),
+        },
+    )
+    temperature: float | None = field(
+        default=None,
+        metadata={
+            "help": "Softmax temperature T of the soft-label term; the KL term is multiplied by T^2. Default 4."
+        },
+    )
+    alpha: float | None = field(default=None, metadata={"help": "Weight of the hard-label cross-entropy term (0.1)."})
+    beta: float | None = field(default=None, metadata={"help": "Weight of the T^2-scaled soft-label KL term (0.5)."})
+    gamma: float | None = field(
+        default=None,
+        metadata={"help": "Weight of the self-attention distillation term (0.4); 0 disables it (no attention maps)."},
+    )
+    attention_loss: str | None = field(
+        default=None,
+        metadata={
+            "help": "Attention loss: 'mse' (default; head-averaged maps, head counts may differ), 'kl' (MiniLM, per "
+            "head) or 'score_mse' (TinyBERT, per-head pre-softmax scores).",
             "choices": list(ATTENTION_LOSSES),
         },
     )
@@ -99,29 +117,30 @@ class DistillationArguments(TrainingArguments):
             "last student layer matches the last teacher layer."
         },
     )
-    hidden_weight: float = field(
-        default=0.0,
-        metadata={"help": "Weight of the hidden-state term (equal widths); 0 disables it (no hidden states kept)."},
+    hidden_weight: float | None = field(
+        default=None,
+        metadata={"help": "Weight of the hidden-state term (equal widths); 0 (default) disables it."},
     )
-    hidden_loss: str = field(
-        default="mse",
+    hidden_loss: str | None = field(
+        default=None,
         metadata={
-            "help": "Hidden-state loss: 'mse' (embeddings and every mapped layer, TinyBERT/PKD) or 'cosine' (last "
-            "layer, DistilBERT).",
+            "help": "Hidden-state loss: 'mse' (default; embeddings and every mapped layer, TinyBERT/PKD) or 'cosine' "
+            "(last layer, DistilBERT).",
             "choices": list(HIDDEN_LOSSES),
         },
     )
-    relation_weight: float = field(
-        default=0.0,
+    relation_weight: float | None = field(
+        default=None,
         metadata={
-            "help": "Weight of the self-relation term (MiniLM/MiniLMv2) on the last student layer; 0 disables it."
+            "help": "Weight of the self-relation term (MiniLM/MiniLMv2) on the last student layer; 0 (default) "
+            "disables it."
         },
     )
-    relation_loss: str = field(
-        default="qkv",
+    relation_loss: str | None = field(
+        default=None,
         metadata={
-            "help": "Relation loss: 'value' (MiniLM value relation, same head count) or 'qkv' (MiniLMv2 Q-Q, K-K, V-V "
-            "relations over relation heads, any widths).",
+            "help": "Relation loss: 'value' (MiniLM value relation, same head count) or 'qkv' (default; MiniLMv2 "
+            "Q-Q, K-K, V-V relations over relation heads, any widths).",
             "choices": list(RELATION_LOSSES),
         },
     )
@@ -165,6 +184,9 @@ class DistillationArguments(TrainingArguments):
         self._validate_distillation()
 
     def _validate_distillation(self) -> None:
+        given = {name: getattr(self, name) for name in DEFAULTS}
+        for name, value in resolve_loss_settings(self.recipe, given).items():
+            setattr(self, name, value)
         if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature):
             raise ValueError(f"`temperature` must be a finite number > 0, got {self.temperature!r}. Try 4.0.")
         if self.temperature <= 0:
@@ -241,6 +263,7 @@ class DistillationArguments(TrainingArguments):
     def distillation_settings(self) -> dict:
         """The distillation fields (not the generic training ones), as saved in `distillation_config.json`."""
         return {
+            "recipe": self.recipe,
             "temperature": self.temperature,
             "alpha": self.alpha,
             "beta": self.beta,

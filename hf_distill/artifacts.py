@@ -52,6 +52,7 @@ class DistillationRecord:
     student_num_layers: int | None = None
     compression_ratio: float | None = None
     student_layers_from_teacher: list[int] | None = None
+    recipe: str | None = None
     temperature: float | None = None
     alpha: float | None = None
     beta: float | None = None

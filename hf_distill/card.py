@@ -20,6 +20,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .artifacts import CONFIG_NAME, DistillationRecord, atomic_write_text, load_distillation_config, training_history
+from .recipes import RECIPE_PAPERS
 
 __all__ = [
     "CARD_NAME",
@@ -54,7 +55,7 @@ _TASK_BY_SUFFIX = (
 )
 # What a lineage step keeps of the teacher's own record (plus `model`, the teacher's path).
 _LINEAGE_KEYS = (
-    "teacher_model student_architecture student_num_parameters student_num_layers teacher_num_parameters "
+    "teacher_model student_architecture student_num_parameters student_num_layers teacher_num_parameters recipe "
     "compression_ratio student_layers_from_teacher temperature alpha beta gamma attention_loss hidden_weight "
     "hidden_loss relation_weight relation_loss relation_heads layer_map"
 ).split()
@@ -300,6 +301,11 @@ def _loss(r: DistillationRecord) -> str:
             " L_relation is the KL between the teacher's and the student's self-relations of the last layer "
             + ("(values, MiniLM)." if r.relation_loss == "value" else "(queries, keys and values, MiniLMv2).")
             if r.relation_weight
+            else ""
+        )
+        + (
+            f"\n\nSettings from the `{r.recipe}` recipe ({RECIPE_PAPERS[r.recipe]})."
+            if r.recipe in RECIPE_PAPERS
             else ""
         )
     )
