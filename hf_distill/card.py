@@ -20,7 +20,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .artifacts import CONFIG_NAME, DistillationRecord, atomic_write_text, load_distillation_config, training_history
-from .recipes import RECIPE_PAPERS
+from .recipes import RECIPES
 
 __all__ = [
     "CARD_NAME",
@@ -303,11 +303,7 @@ def _loss(r: DistillationRecord) -> str:
             if r.relation_weight
             else ""
         )
-        + (
-            f"\n\nSettings from the `{r.recipe}` recipe ({RECIPE_PAPERS[r.recipe]})."
-            if r.recipe in RECIPE_PAPERS
-            else ""
-        )
+        + (f"\n\nSettings from the `{r.recipe}` recipe ({RECIPES[r.recipe].paper})." if r.recipe in RECIPES else "")
     )
 
 

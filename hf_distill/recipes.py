@@ -9,9 +9,9 @@ terms are summed here in one stage, with the soft-label term added at T=1.
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Any, NamedTuple
 
-__all__ = ["DEFAULTS", "RECIPES", "RECIPE_PAPERS", "resolve_loss_settings"]
+__all__ = ["DEFAULTS", "RECIPES", "Recipe", "resolve_loss_settings"]
 
 # The library's defaults (the lab notebook's printed formula), used for whatever neither the user nor a recipe sets.
 DEFAULTS: dict[str, Any] = dict(
@@ -19,44 +19,59 @@ DEFAULTS: dict[str, Any] = dict(
     hidden_weight=0.0, hidden_loss="mse", relation_weight=0.0, relation_loss="qkv",
 )  # fmt: skip
 
-RECIPES: dict[str, dict[str, Any]] = {
-    # The lab notebook: CE + Hinton KD at T=4 + head-averaged attention MSE, weights 0.1 / 0.5 / 0.4.
-    "seed": dict(temperature=4.0, alpha=0.1, beta=0.5, gamma=0.4, attention_loss="mse"),
+
+class Recipe(NamedTuple):
+    paper: str
+    settings: dict[str, Any]
+
+
+RECIPES: dict[str, Recipe] = {
+    # CE + Hinton KD at T=4 + head-averaged attention MSE, weights 0.1 / 0.5 / 0.4.
+    "seed": Recipe(
+        "the project's lab notebook",
+        dict(temperature=4.0, alpha=0.1, beta=0.5, gamma=0.4, attention_loss="mse"),
+    ),
     # Soft targets at a high temperature, T^2-scaled, with a small weight on the hard labels.
-    "hinton": dict(temperature=4.0, alpha=0.1, beta=0.9, gamma=0.0),
+    "hinton": Recipe(
+        "Hinton, Vinyals and Dean, 2015, https://arxiv.org/abs/1503.02531",
+        dict(temperature=4.0, alpha=0.1, beta=0.9, gamma=0.0),
+    ),
     # L = 5.0 * soft CE (T=2, T^2-scaled) + 2.0 * hard-label loss + 1.0 * cosine of the last hidden states.
-    "distilbert": dict(temperature=2.0, alpha=2.0, beta=5.0, gamma=0.0, hidden_weight=1.0, hidden_loss="cosine"),
+    "distilbert": Recipe(
+        "Sanh et al., 2019, https://arxiv.org/abs/1910.01108",
+        dict(temperature=2.0, alpha=2.0, beta=5.0, gamma=0.0, hidden_weight=1.0, hidden_loss="cosine"),
+    ),
     # Attention-score MSE and hidden-state MSE (embeddings and mapped layers), plus prediction-layer soft CE at T=1.
-    "tinybert": dict(
-        temperature=1.0,
-        alpha=0.0,
-        beta=1.0,
-        gamma=1.0,
-        attention_loss="score_mse",
-        hidden_weight=1.0,
-        hidden_loss="mse",
+    "tinybert": Recipe(
+        "Jiao et al., 2020, https://arxiv.org/abs/1909.10351",
+        dict(
+            temperature=1.0,
+            alpha=0.0,
+            beta=1.0,
+            gamma=1.0,
+            attention_loss="score_mse",
+            hidden_weight=1.0,
+            hidden_loss="mse",
+        ),
     ),  # fmt: skip
     # Attention KL and value-relation KL (last layer), plus soft CE at T=1.
-    "minilm": dict(
-        temperature=1.0,
-        alpha=0.0,
-        beta=1.0,
-        gamma=1.0,
-        attention_loss="kl",
-        relation_weight=1.0,
-        relation_loss="value",
+    "minilm": Recipe(
+        "Wang et al., 2020, https://arxiv.org/abs/2002.10957",
+        dict(
+            temperature=1.0,
+            alpha=0.0,
+            beta=1.0,
+            gamma=1.0,
+            attention_loss="kl",
+            relation_weight=1.0,
+            relation_loss="value",
+        ),
     ),  # fmt: skip
     # Q-Q, K-K and V-V self-relation KL over relation heads (last layer), plus soft CE at T=1.
-    "minilmv2": dict(temperature=1.0, alpha=0.0, beta=1.0, gamma=0.0, relation_weight=1.0, relation_loss="qkv"),
-}
-
-RECIPE_PAPERS: dict[str, str] = {
-    "seed": "the project's lab notebook",
-    "hinton": "Hinton, Vinyals and Dean, 2015, https://arxiv.org/abs/1503.02531",
-    "distilbert": "Sanh et al., 2019, https://arxiv.org/abs/1910.01108",
-    "tinybert": "Jiao et al., 2020, https://arxiv.org/abs/1909.10351",
-    "minilm": "Wang et al., 2020, https://arxiv.org/abs/2002.10957",
-    "minilmv2": "Wang et al., 2021, https://arxiv.org/abs/2012.15828",
+    "minilmv2": Recipe(
+        "Wang et al., 2021, https://arxiv.org/abs/2012.15828",
+        dict(temperature=1.0, alpha=0.0, beta=1.0, gamma=0.0, relation_weight=1.0, relation_loss="qkv"),
+    ),
 }
 
 
@@ -68,5 +83,5 @@ def resolve_loss_settings(recipe: str | None, given: dict[str, Any]) -> dict[str
     """
     if recipe is not None and recipe not in RECIPES:
         raise ValueError(f"`recipe` must be one of {', '.join(RECIPES)} (or unset), got {recipe!r}.")
-    chosen = DEFAULTS | (RECIPES[recipe] if recipe else {})
+    chosen = DEFAULTS | (RECIPES[recipe].settings if recipe else {})
     return {name: given[name] if given.get(name) is not None else chosen[name] for name in DEFAULTS}
