@@ -30,6 +30,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
+from hf_distill.recipes import RECIPES  # noqa: E402
+
 # The settings compared. "seed" is the lab notebook's (and the library's default) weighting.
 CONFIGS: dict[str, dict] = {
     "seed": dict(temperature=4.0, alpha=0.1, beta=0.5, gamma=0.4, attention_loss="mse"),
@@ -43,6 +45,7 @@ CONFIGS: dict[str, dict] = {
         temperature=2.0, alpha=0.5, beta=1.0, gamma=1.0, attention_loss="kl", hidden_weight=1.0
     ),
 }
+CONFIGS.update({f"recipe_{name}": dict(recipe=name) for name in RECIPES})  # the published recipes, as they stand
 DEFAULT_CONFIGS = ["seed", "kd_t2"]
 STUDENT_LAYERS = [1, 3, 5]
 
@@ -143,10 +146,10 @@ def train_student(teacher, settings: dict | None, train, collator, opts, seed: i
     if settings is None:
         trainer = Trainer(model=student, args=TrainingArguments(**common), train_dataset=train, data_collator=collator)
     else:
-        extra = {}
-        if use_cache and settings["gamma"] == 0 and not settings.get("hidden_weight"):
-            extra["teacher_cache_dir"] = str(_common.CACHE_DIR / "teacher_logits")
-        args = DistillationArguments(**common, **settings, layer_map=STUDENT_LAYERS, **extra)
+        args = DistillationArguments(**common, **settings, layer_map=STUDENT_LAYERS)
+        if use_cache and args.gamma == 0 and args.hidden_weight == 0 and args.relation_weight == 0:
+            cache = str(_common.CACHE_DIR / "teacher_logits")  # only the logits are needed: reuse them
+            args = DistillationArguments(**common, **settings, layer_map=STUDENT_LAYERS, teacher_cache_dir=cache)
         trainer = DistillationTrainer(
             model=student, teacher_model=teacher, args=args, train_dataset=train, data_collator=collator
         )
