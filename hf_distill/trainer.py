@@ -219,12 +219,12 @@ class DistillationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """`alpha * CE + beta * T^2 * KL + gamma * L_attn + hidden_weight * L_hidden`, normalised per example.
+        """The weighted sum of the terms (see `DistillationArguments`), normalised per example.
 
         In training, `num_items_in_batch` (the examples in the whole accumulated, all-process batch, counted by
         `get_batch_samples`) divides the summed per-example loss, so accumulation and data parallelism are exact.
         In evaluation the returned loss is the task cross-entropy, comparable with plain fine-tuning; the
-        distillation terms are reported as `eval_loss_ce`, `eval_loss_kd`, `eval_loss_attn`, `eval_loss_hidden`.
+        distillation terms are reported under their own names (`eval_loss_kd`, `eval_loss_attn`, ...).
         """
         args = self.args
         mode = "train" if model.training else "eval"
@@ -240,10 +240,10 @@ class DistillationTrainer(Trainer):
         with recording, projecting:
             outputs = model(**student_inputs)
         student_maps = self._student_recorder.attention_maps(attention_mask) if self._student_recorder else None
-        need_teacher = args.beta > 0 or args.gamma > 0 or args.hidden_weight > 0 or args.relation_weight > 0
-        if cached_logits is not None and self._teacher_recorder is None and args.hidden_weight == 0:
+        needs_internals = args.gamma > 0 or args.hidden_weight > 0 or args.relation_weight > 0  # maps, states
+        if cached_logits is not None and not needs_internals:
             teacher_logits, teacher_maps, teacher_hidden = cached_logits, None, None
-        elif need_teacher:
+        elif args.beta > 0 or needs_internals:
             teacher_logits, teacher_maps, teacher_hidden = self._teacher_forward(inputs)
         else:
             teacher_logits, teacher_maps, teacher_hidden = None, None, None
@@ -278,7 +278,7 @@ class DistillationTrainer(Trainer):
             hidden = self._hidden_loss(outputs.hidden_states, teacher_hidden, attention_mask)
             terms["loss_hidden"] = (hidden, ones)
             total = total + args.hidden_weight * hidden
-        if self._student_projections is not None and need_teacher:
+        if self._student_projections is not None:
             relation = self._relation_loss(attention_mask)
             terms["loss_relation"] = (relation, ones)
             total = total + args.relation_weight * relation
