@@ -259,6 +259,7 @@ def check_dataset(
     require_labels: bool = False,
     collate: Callable | None = None,
     keep_columns: set[str] | None = None,
+    label_names: tuple[str, ...] = ("labels",),
 ) -> None:
     """Check a dataset before training: not empty, labels present if needed and in range, sequences that fit.
 
@@ -266,10 +267,13 @@ def check_dataset(
         dataset: a `datasets.Dataset` (fully checked), or any other dataset (checked as far as possible cheaply).
         name (`str`): how the error names it, e.g. `"train_dataset"`.
         models (`Mapping[str, nn.Module]`): `{"student": ..., "teacher": ...}`; limits come from each.
-        require_labels (`bool`): the hard-label loss is on (`alpha > 0`), so batches must carry `labels`.
+        require_labels (`bool`): the hard-label loss is on (`alpha > 0`), or the task finds its distilled positions
+            in the labels (masked LM), so batches must carry `label_names`.
         collate (`Callable`, *optional*): the data collator; batches are judged on what it makes of one example,
             since collators may create labels (language modelling) or rename `label` to `labels`.
         keep_columns (`set[str]`, *optional*): the columns `Trainer` keeps (the others are dropped before collating).
+        label_names (`tuple[str, ...]`): the batch keys of the task's targets (`start_positions`, `end_positions`
+            for question answering).
 
     Raises:
         `ValueError` naming the dataset, the bad value and the fix.
@@ -281,13 +285,19 @@ def check_dataset(
     columns = set(getattr(dataset, "column_names", None) or [])
     if require_labels:
         keys = _collated_keys(dataset, collate, keep_columns)
-        has_labels = "labels" in keys if keys is not None else (not columns or bool(columns & set(LABEL_COLUMNS)))
+        if label_names == ("labels",):
+            accepted = {"labels"} if keys is not None else set(LABEL_COLUMNS)
+            has_labels = bool((keys if keys is not None else columns) & accepted) or (keys is None and not columns)
+        else:
+            has_labels = set(label_names) <= (keys if keys is not None else columns) or (keys is None and not columns)
         if not has_labels:
             found = sorted(keys if keys is not None else columns)
+            wanted = " and ".join(f"`{n}`" for n in label_names)
             raise ValueError(
-                f"alpha > 0 weights the hard-label loss, but the batches built from {name} have no `labels` "
-                f"(they hold: {', '.join(found)}). Add a label column named 'label' or 'labels', or set alpha=0 to "
-                "distil from the teacher alone."
+                f"alpha > 0 weights the hard-label loss (and masked LM finds its masked positions in the labels), but "
+                f"the batches built from {name} have no {wanted} (they hold: {', '.join(found)}). Add the target "
+                "column(s) (a 'label' column is renamed 'labels'), or set alpha=0 to distil from the teacher alone; "
+                "for masked LM batch with DataCollatorForLanguageModeling."
             )
     label_column = next((c for c in LABEL_COLUMNS if c in columns), None)
     if label_column is not None:
@@ -304,7 +314,10 @@ def before_train(trainer: DistillationTrainer, resume_from_checkpoint: str | boo
     if args.remove_unused_columns and hasattr(trainer, "_set_signature_columns_if_needed"):
         trainer._set_signature_columns_if_needed()
         keep = set(trainer._signature_columns or []) or None
-    check_dataset(trainer.train_dataset, "train_dataset", models, args.alpha > 0, trainer.data_collator, keep)
+    task = trainer.task
+    require_labels = args.alpha > 0 or task.name == "masked-lm"  # masked LM finds its masked positions in the labels
+    check_dataset(trainer.train_dataset, "train_dataset", models, require_labels, trainer.data_collator, keep,
+                  task.label_names)  # fmt: skip
     evals = trainer.eval_dataset if isinstance(trainer.eval_dataset, Mapping) else {None: trainer.eval_dataset}
     for key, dataset in evals.items():
         check_dataset(dataset, "eval_dataset" if key is None else f"eval_dataset[{key!r}]", models)

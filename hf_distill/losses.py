@@ -33,7 +33,10 @@ __all__ = [
     "hidden_cosine_loss",
     "hidden_mse_loss",
     "relation_kl_loss",
+    "position_soft_label_loss",
     "soft_label_loss",
+    "token_hard_label_loss",
+    "token_soft_label_loss",
 ]
 
 IGNORE_INDEX = -100
@@ -305,3 +308,92 @@ def hidden_cosine_loss(
     cosine = F.cosine_similarity(student_hidden.float(), teacher_hidden.float(), dim=-1)  # (B, T)
     per_example = ((1 - cosine) * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)
     return _reduce(per_example, reduction)
+
+
+# ---- token- and position-level outputs: token classification, language models, extractive QA ---------------------
+
+
+def token_hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Cross-entropy per token, for token classification and language modelling; `-100` labels are ignored.
+
+    Args:
+        logits (`torch.Tensor` of shape `(B, T, C)`): student logits, one distribution per position.
+        labels (`torch.Tensor` of shape `(B, T)`): class (or token) ids; `-100` marks a position without a label.
+        reduction (`str`, *optional*, defaults to `"mean"`): `"none"` gives `(B, T)` (0 at ignored positions),
+            `"sum"` the sum, `"mean"` the mean over the labelled *tokens* of the whole batch (not per sequence).
+
+    >>> token_hard_label_loss(torch.zeros(1, 2, 2), torch.tensor([[1, -100]]))
+    tensor(0.6931)
+    """
+    per_token = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none", ignore_index=IGNORE_INDEX)
+    if reduction == "mean":
+        return per_token.sum() / labels.ne(IGNORE_INDEX).sum().clamp_min(1)
+    return per_token if reduction == "none" else _reduce(per_token, reduction)
+
+
+def token_soft_label_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    mask: torch.Tensor,
+    temperature: float,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Hinton's soft-label loss at every distilled position: `T^2 * KL(softmax(t / T) || softmax(s / T))`.
+
+    Only the positions where `mask` is true are computed (the softmax over a large vocabulary runs on those rows
+    alone), and `"mean"` divides by their number: the loss is per token, so it does not grow with sequence length
+    or shrink with padding (`kl_div(reduction="batchmean")` on `(B, T, V)` divides by `B` only).
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(B, T, V)`): student logits.
+        teacher_logits (`torch.Tensor` of shape `(B, T, V)`): teacher logits.
+        mask (`torch.Tensor` of shape `(B, T)`): true at the positions to distil (e.g. `labels != -100` and real
+            tokens).
+        temperature (`float`): the softmax temperature `T > 0`.
+        reduction (`str`, *optional*, defaults to `"mean"`): `"none"` gives `(B, T)` (0 where `mask` is false),
+            `"sum"` the sum, `"mean"` the mean over the distilled tokens of the whole batch.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in "
+            "shape: teacher and student must share the label set (token classification) or the vocabulary (LMs)."
+        )
+    mask = mask.to(student_logits.device).bool()
+    per_token = torch.zeros(mask.shape, dtype=torch.float32, device=student_logits.device)  # (B, T)
+    per_token = per_token.masked_scatter(
+        mask, soft_label_loss(student_logits[mask], teacher_logits[mask], temperature, reduction="none")
+    )
+    if reduction == "mean":
+        return per_token.sum() / mask.sum().clamp_min(1)
+    return per_token if reduction == "none" else _reduce(per_token, reduction)
+
+
+def position_soft_label_loss(
+    student_logits: torch.Tensor,
+    teacher_logits: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    temperature: float,
+    reduction: str = "mean",
+) -> torch.Tensor:
+    """Soft-label loss over *positions*: extractive QA's start (or end) distribution over the tokens of each example.
+
+    Padded positions are removed from both softmaxes, so padding changes nothing.
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(B, T)`): student start (or end) logits.
+        teacher_logits (`torch.Tensor` of shape `(B, T)`): teacher start (or end) logits.
+        attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*): 1 for real tokens, 0 for padding.
+        temperature (`float`): the softmax temperature `T > 0`.
+        reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"` over examples.
+    """
+    if student_logits.shape != teacher_logits.shape:
+        raise ValueError(
+            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in "
+            "shape: both models must see the same tokenised batch."
+        )
+    valid = _valid_tokens(attention_mask, student_logits)  # (B, T)
+    student_log = (student_logits.float() / temperature).masked_fill(~valid, float("-inf")).log_softmax(dim=-1)
+    teacher_log = (teacher_logits.float() / temperature).masked_fill(~valid, float("-inf")).log_softmax(dim=-1)
+    pointwise = teacher_log.exp() * (teacher_log - student_log)
+    kl = torch.where(valid, pointwise, torch.zeros_like(pointwise)).sum(dim=-1)  # (B,): padded positions dropped
+    return _reduce(kl * temperature**2, reduction)

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import checks, engines, losses, teacher_cache
+from . import checks, engines, losses, tasks, teacher_cache
 from .args import DistillationArguments
 from .artifacts import CONFIG_NAME, HISTORY_NAME, DistillationRecord, library_versions, write_artifacts
 from .attention import AttentionRecorder, ProjectionRecorder
@@ -31,31 +31,19 @@ __all__ = ["DistillationTrainer", "load_teacher"]
 logger = logging.getLogger(__name__)
 
 _TERMS = ("loss_ce", "loss_kd", "loss_attn", "loss_hidden", "loss_relation")
+_OUTPUT_TERMS = ("loss_ce", "loss_kd")  # normalised over the task's units (examples or tokens), the rest over examples
 _ATTENTION_LOSS_FUNCTIONS = {
     "mse": losses.attention_mse_loss,
     "kl": losses.attention_kl_loss,
     "score_mse": losses.attention_score_mse_loss,
 }
-_AUTO_CLASS_BY_SUFFIX = (
-    ("ForSequenceClassification", "AutoModelForSequenceClassification"),
-    ("ForTokenClassification", "AutoModelForTokenClassification"),
-    ("ForQuestionAnswering", "AutoModelForQuestionAnswering"),
-    ("ForMaskedLM", "AutoModelForMaskedLM"),
-    ("ForCausalLM", "AutoModelForCausalLM"),
-    ("LMHeadModel", "AutoModelForCausalLM"),
-)
 
 
 def load_teacher(name_or_path: str, like: nn.Module, trust_remote_code: bool = False) -> PreTrainedModel:
     """Load a teacher for the same task as the student `like`, preferring safetensors, remote code off."""
     import transformers
 
-    auto_name = next((auto for suffix, auto in _AUTO_CLASS_BY_SUFFIX if type(like).__name__.endswith(suffix)), None)
-    if auto_name is None:
-        raise ValueError(
-            f"cannot tell which task head to load the teacher {name_or_path!r} with for a student of class "
-            f"{type(like).__name__}; load the teacher yourself and pass the model as `teacher_model`."
-        )
+    auto_name = tasks.detect_task(like).auto_class
     # use_safetensors=None: safetensors when present, else a .bin read with weights_only=True (no pickled code).
     return getattr(transformers, auto_name).from_pretrained(
         name_or_path, trust_remote_code=trust_remote_code, use_safetensors=None, weights_only=True
@@ -113,16 +101,24 @@ class DistillationTrainer(Trainer):
             teacher_model = load_teacher(teacher_model, like=model, trust_remote_code=args.trust_remote_code)
         if teacher_model is model:
             raise ValueError("`teacher_model` is the same object as `model`: pass a separate (frozen) teacher.")
+        self.task = _check_tasks(model, teacher_model)
         self.layer_map = _check_pair(model, teacher_model, args)
         checks.check_models(model, teacher_model, kwargs.get("processing_class"))
         if args.teacher_cache_dir is not None:
+            if self.task is not tasks.SEQUENCE_CLASSIFICATION:
+                raise ValueError(
+                    f"teacher_cache_dir={args.teacher_cache_dir!r} caches one row of class logits per example, for "
+                    f"sequence classification; this is a {self.task.name} model, whose logits are per token and too "
+                    "large to store. Leave teacher_cache_dir unset."
+                )
             teacher_cache.check_cacheable(kwargs.get("train_dataset"))
 
         super().__init__(model=model, args=args, **kwargs)
 
         self._teacher_num_parameters = count_parameters(teacher_model)  # before any engine shards it
         self.teacher_model = self._prepare_teacher(teacher_model)
-        self._teacher_input_names = set(inspect.signature(self.teacher_model.forward).parameters) - {"labels"}
+        teacher_parameters = set(inspect.signature(self.teacher_model.forward).parameters)
+        self._teacher_input_names = teacher_parameters - set(self.task.label_names)  # the teacher computes no loss
         self._student_recorder = self._teacher_recorder = None
         if args.gamma > 0:
             scores = args.attention_loss == "score_mse"  # TinyBERT compares scores, not probabilities
@@ -153,8 +149,10 @@ class DistillationTrainer(Trainer):
         return teacher
 
     @torch.no_grad()
-    def _teacher_forward(self, inputs: dict[str, Any]) -> tuple[torch.Tensor, list[torch.Tensor] | None, tuple | None]:
-        """The teacher's logits, its attention maps of the mapped layers (gamma > 0) and its hidden states.
+    def _teacher_forward(
+        self, inputs: dict[str, Any]
+    ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor] | None, tuple | None]:
+        """The teacher's logits (`tasks.task_logits`), its attention maps of the mapped layers (gamma > 0) and its hidden states.
 
         With `relation_weight > 0` its projections are left in `self._teacher_projections`."""
         if self.teacher_model.training:  # someone called .train() on it: dropout must stay off
@@ -170,7 +168,8 @@ class DistillationTrainer(Trainer):
         with recording, projecting, self.accelerator.autocast():
             outputs = self._teacher_runner(**teacher_inputs)
         maps = self._teacher_recorder.attention_maps(inputs.get("attention_mask")) if self._teacher_recorder else None
-        return outputs.logits, maps, outputs.hidden_states if self.args.hidden_weight > 0 else None
+        logits = tasks.task_logits(self.task, outputs)
+        return logits, maps, outputs.hidden_states if self.args.hidden_weight > 0 else None
 
     # ---- teacher-output cache (opt-in, gamma = 0): see hf_distill/teacher_cache.py --------------------------
 
@@ -201,7 +200,7 @@ class DistillationTrainer(Trainer):
 
         def forward(batch: dict[str, Any]) -> torch.Tensor:
             with self.compute_loss_context_manager():
-                return self._teacher_forward(self._prepare_inputs(batch))[0]
+                return self._teacher_forward(self._prepare_inputs(batch))[0][0]  # (B, C) class logits
 
         def compute() -> torch.Tensor:
             batch_size = self.args.per_device_eval_batch_size * max(1, self.args.n_gpu)
@@ -219,19 +218,27 @@ class DistillationTrainer(Trainer):
         return_outputs: bool = False,
         num_items_in_batch: torch.Tensor | int | None = None,
     ) -> torch.Tensor | tuple[torch.Tensor, Any]:
-        """The weighted sum of the terms (see `DistillationArguments`), normalised per example.
+        """The weighted sum of the terms (see `DistillationArguments`), each normalised over its own units.
 
-        In training, `num_items_in_batch` (the examples in the whole accumulated, all-process batch, counted by
-        `get_batch_samples`) divides the summed per-example loss, so accumulation and data parallelism are exact.
+        The task terms (`loss_ce`, `loss_kd`) are summed over their units (examples; tokens for token
+        classification and language models, see `hf_distill.tasks`) and the attention, hidden-state and relation
+        terms over examples. In training, `num_items_in_batch` holds both counts for the whole accumulated,
+        all-process batch (see `get_batch_samples`), so accumulation and data parallelism are exact.
         In evaluation the returned loss is the task cross-entropy, comparable with plain fine-tuning; the
         distillation terms are reported under their own names (`eval_loss_kd`, `eval_loss_attn`, ...).
         """
-        args = self.args
+        args, task = self.args, self.task
         mode = "train" if model.training else "eval"
-        labels = inputs.get("labels")
         attention_mask = inputs.get("attention_mask")
         cached_logits = inputs.get(teacher_cache.TEACHER_LOGITS)  # (B, C) from the teacher-output cache
-        student_inputs = {k: v for k, v in inputs.items() if k not in ("labels", teacher_cache.TEACHER_LOGITS)}
+        dropped = (*task.label_names, teacher_cache.TEACHER_LOGITS)  # the student computes no loss of its own
+        student_inputs = {k: v for k, v in inputs.items() if k not in dropped}
+        if args.alpha > 0 and mode == "train" and not tasks.has_labels(task, inputs):
+            raise ValueError(
+                f"alpha={args.alpha} weights the hard-label loss, but the batch has no {' / '.join(task.label_names)}. "
+                "Add a label column (named 'label' or 'labels') to the dataset, or set alpha=0 to distil from the "
+                "teacher alone."
+            )
 
         recording = self._student_recorder.recording() if self._student_recorder else contextlib.nullcontext()
         projecting = self._student_projections.recording() if self._student_projections else contextlib.nullcontext()
@@ -242,63 +249,53 @@ class DistillationTrainer(Trainer):
         student_maps = self._student_recorder.attention_maps(attention_mask) if self._student_recorder else None
         needs_internals = args.gamma > 0 or args.hidden_weight > 0 or args.relation_weight > 0  # maps, states
         if cached_logits is not None and not needs_internals:
-            teacher_logits, teacher_maps, teacher_hidden = cached_logits, None, None
+            teacher_logits, teacher_maps, teacher_hidden = (cached_logits,), None, None
         elif args.beta > 0 or needs_internals:
             teacher_logits, teacher_maps, teacher_hidden = self._teacher_forward(inputs)
         else:
             teacher_logits, teacher_maps, teacher_hidden = None, None, None
 
-        logits = outputs.logits
-        total = torch.zeros(logits.shape[0], device=logits.device, dtype=torch.float32)  # (B,) per example
-        terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # name -> (per-example values, counts), (B,)
-        ones = torch.ones_like(total)
-        if labels is not None:
-            ce = losses.hard_label_loss(logits, labels, reduction="none")
-            terms["loss_ce"] = (ce, labels.ne(losses.IGNORE_INDEX))
-            if args.alpha > 0:
-                total = total + args.alpha * ce
-        elif args.alpha > 0 and mode == "train":
-            raise ValueError(
-                f"alpha={args.alpha} weights the hard-label loss, but the batch has no `labels`. Add a label column "
-                "(named 'label' or 'labels') to the dataset, or set alpha=0 to distil from the teacher alone."
-            )
-        if teacher_logits is not None:
-            kd = losses.soft_label_loss(logits, teacher_logits, args.temperature, reduction="none")
-            terms["loss_kd"] = (kd, ones)
-            if args.beta > 0:
-                total = total + args.beta * kd
+        student_logits = tasks.task_logits(task, outputs)
+        terms = tasks.output_terms(task, student_logits, teacher_logits, inputs, args.temperature)
+        # name -> (per-example values, counts), each (B,); output terms are sums over each example's units
+        batch = student_logits[0].shape[0]
+        ones = torch.ones(batch, device=student_logits[0].device)
         if student_maps is not None:
             attention_fn = _ATTENTION_LOSS_FUNCTIONS[args.attention_loss]
             pairs = zip(student_maps, teacher_maps)
             per_layer = [attention_fn(s, t, attention_mask, reduction="none") for s, t in pairs]
-            attn = torch.stack(per_layer).mean(dim=0)  # (B,) averaged over mapped layers
-            terms["loss_attn"] = (attn, ones)
-            total = total + args.gamma * attn
+            terms["loss_attn"] = (torch.stack(per_layer).mean(dim=0), ones)  # averaged over mapped layers
         if teacher_hidden is not None:
-            hidden = self._hidden_loss(outputs.hidden_states, teacher_hidden, attention_mask)
-            terms["loss_hidden"] = (hidden, ones)
-            total = total + args.hidden_weight * hidden
+            terms["loss_hidden"] = (self._hidden_loss(outputs.hidden_states, teacher_hidden, attention_mask), ones)
         if self._student_projections is not None:
-            relation = self._relation_loss(attention_mask)
-            terms["loss_relation"] = (relation, ones)
-            total = total + args.relation_weight * relation
+            terms["loss_relation"] = (self._relation_loss(attention_mask), ones)
+        weights = args.term_weights()
+        output_sum = sum((weights[n] * terms[n][0].sum() for n in _OUTPUT_TERMS if n in terms and weights[n] > 0),
+                         torch.zeros((), device=ones.device))  # fmt: skip
+        example_sum = sum((weights[n] * v.sum() for n, (v, _) in terms.items() if n not in _OUTPUT_TERMS),
+                          torch.zeros((), device=ones.device))  # fmt: skip
         if mode == "train" and args.alpha == 0 and args.beta == 0:
             # The logits are not in the loss, so the head would get no gradient and DDP would wait for it forever
             # (PITFALLS #7). A zero-valued dependency gives every student parameter a (zero) gradient.
-            total = total + 0.0 * logits.float().flatten(1).sum(dim=1)
+            example_sum = example_sum + sum(0.0 * logits.float().sum() for logits in student_logits)
         self._accumulate(mode, terms)
         if mode == "train":
             self._loss_guard.observe(terms)  # NaN/inf check once per optimizer step, see guards.py
 
-        if mode == "train" and num_items_in_batch is not None:
-            loss = total.sum() / num_items_in_batch
-            if args.average_tokens_across_devices and args.world_size > 1:
-                loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
-        elif mode == "eval" and "loss_ce" in terms:
+        if mode == "eval" and "loss_ce" in terms:
             ce, counts = terms["loss_ce"]
             loss = ce.sum() / counts.sum().clamp_min(1)  # task loss, comparable with fine-tuning
         else:
-            loss = total.mean()
+            if mode == "train" and torch.is_tensor(num_items_in_batch) and num_items_in_batch.numel() == 2:
+                examples, units = num_items_in_batch.unbind()
+            else:  # outside a training step (or a caller's own count): this batch alone
+                examples, units = batch, tasks.units_per_example(task, inputs).sum().to(ones.device)
+            loss = output_sum / units.clamp_min(1) + example_sum / examples
+            if mode == "train" and num_items_in_batch is not None:
+                if args.average_tokens_across_devices and args.world_size > 1:
+                    loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
+        if return_outputs and args.hidden_weight > 0:  # keep the hidden states out of the gathered predictions
+            outputs = type(outputs)(**{k: v for k, v in outputs.items() if k != "hidden_states"})
         return (loss, outputs) if return_outputs else loss
 
     def _hidden_loss(self, student_states: tuple, teacher_states: tuple, attention_mask: torch.Tensor | None):
@@ -329,11 +326,14 @@ class DistillationTrainer(Trainer):
         return torch.stack(per_kind).mean(dim=0)  # (B,)
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
-        """Fetch the batches of one optimizer step and count their examples across all processes."""
+        """Fetch the batches of one optimizer step and count, across all processes, their examples and their loss
+        units (the same for sequence-level tasks; the distilled tokens for token-level ones): a `(2,)` tensor."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        count = torch.tensor(sum(_batch_size(b) for b in batch_samples), device=device)
+        examples = sum(_batch_size(b) for b in batch_samples)
+        units = sum(int(tasks.units_per_example(self.task, b).sum()) for b in batch_samples)
+        count = torch.tensor([examples, units], device=device)
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
-            count = self.accelerator.gather(count).sum()
+            count = self.accelerator.gather(count[None]).sum(dim=0)
         return batch_samples, count
 
     # ---- per-term metrics ------------------------------------------------------------------------------------
@@ -462,6 +462,17 @@ class DistillationTrainer(Trainer):
 def _name_of(model: nn.Module) -> str | None:
     config = getattr(model, "config", None)
     return getattr(config, "_name_or_path", None) or None
+
+
+def _check_tasks(student: nn.Module, teacher: nn.Module) -> tasks.Task:
+    """The task both models are heads for; refuses a teacher with another head than the student's."""
+    task, teacher_task = tasks.detect_task(student), tasks.detect_task(teacher)
+    if teacher_task is not task:
+        raise ValueError(
+            f"the student is a {type(student).__name__} ({task.name}) but the teacher a {type(teacher).__name__} "
+            f"({teacher_task.name}): both need the same task head. Load the teacher with {task.auto_class}."
+        )
+    return task
 
 
 def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArguments) -> list[int]:

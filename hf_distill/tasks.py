@@ -1,0 +1,188 @@
+"""Task heads: which logits each task distils, at which positions, and what one unit of the loss is.
+
+| task | model class | logits distilled | unit of the loss |
+| --- | --- | --- | --- |
+| `sequence-classification` (single sentences and sentence pairs) | `*ForSequenceClassification` | `(B, C)` | example |
+| `token-classification` | `*ForTokenClassification` | `(B, T, C)` where `labels != -100` and not padding | token |
+| `question-answering` (extractive) | `*ForQuestionAnswering` | start and end `(B, T)` over real tokens | example |
+| `masked-lm` | `*ForMaskedLM` | `(B, T, V)` at the masked positions (`labels != -100`) | token |
+| `causal-lm` | `*ForCausalLM`, `*LMHeadModel` | next-token `(B, T-1, V)` where the next label is not `-100` | token |
+
+Token-level terms (cross-entropy and KD) are summed over the distilled tokens of the whole accumulated batch and
+divided by their number, so a long sequence weighs as much per token as a short one and padding changes nothing;
+the attention, hidden-state and relation terms stay per example.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from . import losses
+
+__all__ = ["TASKS", "Task", "detect_task", "get_task", "output_terms", "task_logits", "units_per_example"]
+
+
+@dataclass(frozen=True)
+class Task:
+    """A supported task head."""
+
+    name: str
+    auto_class: str  # the transformers Auto class that loads a model with this head
+    class_suffixes: tuple[str, ...]  # model class names of this head end with one of these
+    label_names: tuple[str, ...]  # the batch keys holding the targets
+    per_token: bool  # one loss unit per distilled token (else per example)
+    description: str
+
+
+SEQUENCE_CLASSIFICATION = Task(
+    "sequence-classification", "AutoModelForSequenceClassification", ("ForSequenceClassification",), ("labels",),
+    False, "one label per text or text pair (SST-2, MNLI, ...)",
+)  # fmt: skip
+TOKEN_CLASSIFICATION = Task(
+    "token-classification", "AutoModelForTokenClassification", ("ForTokenClassification",), ("labels",),
+    True, "one label per token (NER, POS tagging)",
+)  # fmt: skip
+QUESTION_ANSWERING = Task(
+    "question-answering", "AutoModelForQuestionAnswering", ("ForQuestionAnswering",),
+    ("start_positions", "end_positions"), False, "extractive QA: the answer span's start and end (SQuAD)",
+)  # fmt: skip
+MASKED_LM = Task(
+    "masked-lm", "AutoModelForMaskedLM", ("ForMaskedLM",), ("labels",),
+    True, "masked language modelling: the masked tokens (BERT pre-training)",
+)  # fmt: skip
+CAUSAL_LM = Task(
+    "causal-lm", "AutoModelForCausalLM", ("ForCausalLM", "LMHeadModel"), ("labels",),
+    True, "causal language modelling: the next token (GPT-2, Llama, Qwen2)",
+)  # fmt: skip
+TASKS: dict[str, Task] = {
+    task.name: task for task in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING, MASKED_LM, CAUSAL_LM)
+}
+
+
+def get_task(name: str) -> Task:
+    """The task called `name` (one of `TASKS`), or a `ValueError` listing them."""
+    if name not in TASKS:
+        raise ValueError(f"task={name!r} is not supported; choose one of {', '.join(TASKS)}.")
+    return TASKS[name]
+
+
+def detect_task(model: Any) -> Task:
+    """The task of a model, from its class name (`BertForTokenClassification` -> `token-classification`)."""
+    class_name = type(model).__name__
+    for task in TASKS.values():
+        if class_name.endswith(task.class_suffixes):
+            return task
+    heads = ", ".join(suffix for task in TASKS.values() for suffix in task.class_suffixes)
+    raise ValueError(
+        f"cannot distil a {class_name}: hf-distill supports models whose class ends with {heads}. Load the "
+        "teacher and the student with the Auto class of their task, e.g. AutoModelForSequenceClassification."
+    )
+
+
+def task_logits(task: Task, outputs: Any) -> tuple[torch.Tensor, ...]:
+    """The logits the task distils: `(start_logits, end_logits)` for QA, `(logits,)` otherwise."""
+    if task is QUESTION_ANSWERING:
+        return outputs.start_logits, outputs.end_logits
+    return (outputs.logits,)
+
+
+def has_labels(task: Task, inputs: dict[str, Any]) -> bool:
+    return all(inputs.get(name) is not None for name in task.label_names)
+
+
+def _next_token_targets(inputs: dict[str, Any]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Causal LM: the token each position predicts, and where that prediction is distilled, both `(B, T-1)`."""
+    labels, attention_mask = inputs.get("labels"), inputs.get("attention_mask")
+    targets = (labels if labels is not None else inputs["input_ids"])[:, 1:]
+    valid = targets.ne(losses.IGNORE_INDEX)
+    if attention_mask is not None:  # both the predicting and the predicted token are real
+        valid = valid & attention_mask[:, 1:].bool() & attention_mask[:, :-1].bool()
+    return targets, valid
+
+
+def distilled_positions(task: Task, inputs: dict[str, Any]) -> torch.Tensor:
+    """Per-token tasks: the `(B, T)` (causal LM: `(B, T-1)`) boolean mask of the positions that are distilled."""
+    attention_mask, labels = inputs.get("attention_mask"), inputs.get("labels")
+    if task is CAUSAL_LM:
+        return _next_token_targets(inputs)[1]
+    if task is MASKED_LM and labels is None:
+        raise ValueError(
+            "masked-lm distillation needs `labels` marking the masked positions (-100 elsewhere); batch them with "
+            "DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)."
+        )
+    valid = torch.ones_like(inputs["input_ids"], dtype=torch.bool) if labels is None else labels.ne(losses.IGNORE_INDEX)
+    if attention_mask is not None:
+        valid = valid & attention_mask.bool()
+    return valid
+
+
+def units_per_example(task: Task, inputs: dict[str, Any]) -> torch.Tensor:
+    """`(B,)`: how many loss units each example holds (its distilled tokens, or 1 for example-level tasks)."""
+    if task.per_token:
+        return distilled_positions(task, inputs).sum(dim=1)
+    batch = next(v for v in inputs.values() if torch.is_tensor(v) and v.dim() > 0).shape[0]
+    return torch.ones(batch, dtype=torch.long)
+
+
+def _span_ce(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
+    """`(B,)` cross-entropy of start (or end) positions; positions outside the sequence are ignored, as in BERT."""
+    ignored = logits.shape[1]
+    positions = positions.view(-1).clamp(0, ignored)
+    return torch.nn.functional.cross_entropy(logits.float(), positions, reduction="none", ignore_index=ignored)
+
+
+def output_terms(
+    task: Task,
+    student: tuple[torch.Tensor, ...],
+    teacher: tuple[torch.Tensor, ...] | None,
+    inputs: dict[str, Any],
+    temperature: float,
+) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """`{"loss_ce": (sums, counts), "loss_kd": (sums, counts)}`, each `(B,)`: per-example sums over the loss units.
+
+    `loss_ce` is there when the batch holds the targets, `loss_kd` when the teacher's logits are given.
+    """
+    attention_mask = inputs.get("attention_mask")
+    labelled = has_labels(task, inputs)
+    terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
+    if task is QUESTION_ANSWERING:
+        if labelled:
+            starts, ends = inputs["start_positions"], inputs["end_positions"]
+            ce = (_span_ce(student[0], starts) + _span_ce(student[1], ends)) / 2
+            terms["loss_ce"] = (ce, torch.ones_like(ce))
+        if teacher is not None:
+            kd = sum(
+                losses.position_soft_label_loss(s, t, attention_mask, temperature, reduction="none")
+                for s, t in zip(student, teacher)
+            ) / 2
+            terms["loss_kd"] = (kd, torch.ones_like(kd))
+        return terms
+    if not task.per_token:  # sequence classification
+        (logits,) = student
+        if labelled:
+            ce = losses.hard_label_loss(logits, inputs["labels"], reduction="none")
+            terms["loss_ce"] = (ce, inputs["labels"].ne(losses.IGNORE_INDEX))
+        if teacher is not None:
+            kd = losses.soft_label_loss(logits, teacher[0], temperature, reduction="none")
+            terms["loss_kd"] = (kd, torch.ones_like(kd))
+        return terms
+
+    (logits,), teacher_logits = student, None if teacher is None else teacher[0]
+    valid = distilled_positions(task, inputs)
+    if task is CAUSAL_LM:  # position i predicts token i + 1
+        logits = logits[:, :-1]
+        teacher_logits = None if teacher_logits is None else teacher_logits[:, :-1]
+        targets = _next_token_targets(inputs)[0]
+    else:
+        targets = inputs.get("labels")
+    counts = valid.sum(dim=1)
+    if labelled:
+        ce = losses.token_hard_label_loss(logits, targets.masked_fill(~valid, losses.IGNORE_INDEX), reduction="none")
+        terms["loss_ce"] = (ce.sum(dim=1), counts)
+    if teacher_logits is not None:
+        kd = losses.token_soft_label_loss(logits, teacher_logits, valid, temperature, reduction="none")
+        terms["loss_kd"] = (kd.sum(dim=1), counts)
+    return terms
