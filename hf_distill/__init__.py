@@ -14,11 +14,15 @@ from .losses import (
     hard_label_loss,
     hidden_cosine_loss,
     hidden_mse_loss,
+    position_soft_label_loss,
     relation_kl_loss,
     soft_label_loss,
+    token_hard_label_loss,
+    token_soft_label_loss,
 )
 from .modeling import default_layer_map
 from .student import build_student
+from .tasks import TASKS, detect_task
 from .trainer import DistillationTrainer
 
 __all__ = [
@@ -26,19 +30,24 @@ __all__ = [
     "DistillationRecord",
     "DistillationTrainer",
     "NonFiniteLossError",
+    "TASKS",
     "attention_kl_loss",
     "attention_mse_loss",
     "attention_score_mse_loss",
     "build_model_card",
     "build_student",
     "default_layer_map",
+    "detect_task",
     "hard_label_loss",
     "hidden_cosine_loss",
     "hidden_mse_loss",
     "load_distillation_config",
     "load_training_history",
     "parse_config_file",
+    "position_soft_label_loss",
     "relation_kl_loss",
     "soft_label_loss",
     "teacher_lineage",
+    "token_hard_label_loss",
+    "token_soft_label_loss",
 ]

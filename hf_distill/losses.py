@@ -14,9 +14,10 @@ The total loss minimised by [`DistillationTrainer`] is, written once here:
   `"mse"` is the mean squared error between head-averaged maps (the lab notebook's loss), `"kl"` is the KL
   divergence between per-head attention distributions of MiniLM, https://arxiv.org/abs/2002.10957.
 
-Every function returns one value per example when `reduction="none"`, so that the trainer can sum over examples
-and divide by the number of examples in the whole accumulated (and distributed) batch; this makes gradient
-accumulation exact. Padded positions never contribute: attention terms are averaged over the valid
+Every function returns one value per example when `reduction="none"` (per token, `(B, T)`, for the token-level
+ones), so that the trainer can sum over examples (or tokens) and divide by their number in the whole accumulated
+(and distributed) batch; this makes gradient accumulation exact. Padded positions never contribute: attention
+terms are averaged over the valid
 (query, key) entries of each example, so appending padding changes no term.
 """
 

@@ -57,9 +57,8 @@ CAUSAL_LM = Task(
     "causal-lm", "AutoModelForCausalLM", ("ForCausalLM", "LMHeadModel"), ("labels",),
     True, "causal language modelling: the next token (GPT-2, Llama, Qwen2)",
 )  # fmt: skip
-TASKS: dict[str, Task] = {
-    task.name: task for task in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING, MASKED_LM, CAUSAL_LM)
-}
+_ALL = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING, MASKED_LM, CAUSAL_LM)
+TASKS: dict[str, Task] = {task.name: task for task in _ALL}
 
 
 def get_task(name: str) -> Task:
@@ -113,7 +112,10 @@ def distilled_positions(task: Task, inputs: dict[str, Any]) -> torch.Tensor:
             "masked-lm distillation needs `labels` marking the masked positions (-100 elsewhere); batch them with "
             "DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)."
         )
-    valid = torch.ones_like(inputs["input_ids"], dtype=torch.bool) if labels is None else labels.ne(losses.IGNORE_INDEX)
+    if labels is None:
+        valid = torch.ones_like(inputs["input_ids"], dtype=torch.bool)
+    else:
+        valid = labels.ne(losses.IGNORE_INDEX)
     if attention_mask is not None:
         valid = valid & attention_mask.bool()
     return valid
@@ -127,11 +129,15 @@ def units_per_example(task: Task, inputs: dict[str, Any]) -> torch.Tensor:
     return torch.ones(batch, dtype=torch.long)
 
 
-def _span_ce(logits: torch.Tensor, positions: torch.Tensor) -> torch.Tensor:
-    """`(B,)` cross-entropy of start (or end) positions; positions outside the sequence are ignored, as in BERT."""
+def _span_ce(logits: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:
+    """`(B,)` cross-entropy of start (or end) positions over the real tokens (padding is no candidate, so it
+    changes nothing); positions outside the sequence (a truncated answer) are ignored, as in BERT."""
     ignored = logits.shape[1]
     positions = positions.view(-1).clamp(0, ignored)
-    return torch.nn.functional.cross_entropy(logits.float(), positions, reduction="none", ignore_index=ignored)
+    logits = logits.float()
+    if attention_mask is not None:
+        logits = logits.masked_fill(~attention_mask.to(logits.device).bool(), float("-inf"))
+    return torch.nn.functional.cross_entropy(logits, positions, reduction="none", ignore_index=ignored)
 
 
 def output_terms(
@@ -151,13 +157,14 @@ def output_terms(
     if task is QUESTION_ANSWERING:
         if labelled:
             starts, ends = inputs["start_positions"], inputs["end_positions"]
-            ce = (_span_ce(student[0], starts) + _span_ce(student[1], ends)) / 2
+            ce = (_span_ce(student[0], starts, attention_mask) + _span_ce(student[1], ends, attention_mask)) / 2
             terms["loss_ce"] = (ce, torch.ones_like(ce))
         if teacher is not None:
-            kd = sum(
+            start, end = (
                 losses.position_soft_label_loss(s, t, attention_mask, temperature, reduction="none")
                 for s, t in zip(student, teacher)
-            ) / 2
+            )
+            kd = (start + end) / 2
             terms["loss_kd"] = (kd, torch.ones_like(kd))
         return terms
     if not task.per_token:  # sequence classification

@@ -152,7 +152,7 @@ class DistillationTrainer(Trainer):
     def _teacher_forward(
         self, inputs: dict[str, Any]
     ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor] | None, tuple | None]:
-        """The teacher's logits (`tasks.task_logits`), its attention maps of the mapped layers (gamma > 0) and its hidden states.
+        """The teacher's logits (`tasks.task_logits`), attention maps of the mapped layers (gamma > 0), hidden states.
 
         With `relation_weight > 0` its projections are left in `self._teacher_projections`."""
         if self.teacher_model.training:  # someone called .train() on it: dropout must stay off
@@ -235,9 +235,9 @@ class DistillationTrainer(Trainer):
         student_inputs = {k: v for k, v in inputs.items() if k not in dropped}
         if args.alpha > 0 and mode == "train" and not tasks.has_labels(task, inputs):
             raise ValueError(
-                f"alpha={args.alpha} weights the hard-label loss, but the batch has no {' / '.join(task.label_names)}. "
-                "Add a label column (named 'label' or 'labels') to the dataset, or set alpha=0 to distil from the "
-                "teacher alone."
+                f"alpha={args.alpha} weights the hard-label loss, but the batch has no "
+                f"{' / '.join(task.label_names)}. Add a label column (named 'label' or 'labels') to the dataset, or "
+                "set alpha=0 to distil from the teacher alone."
             )
 
         recording = self._student_recorder.recording() if self._student_recorder else contextlib.nullcontext()

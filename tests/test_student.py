@@ -6,6 +6,10 @@ import pytest
 import torch
 from conftest import VOCAB_SIZE, tiny_bert
 from transformers import (
+    BertConfig,
+    BertForMaskedLM,
+    BertForQuestionAnswering,
+    BertForTokenClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
     ElectraConfig,
@@ -24,6 +28,7 @@ from transformers import (
 
 from hf_distill import build_student
 from hf_distill.modeling import find_layers
+from hf_distill.tasks import detect_task, task_logits
 
 SMALL = dict(vocab_size=VOCAB_SIZE, hidden_size=32, num_attention_heads=4, intermediate_size=64)
 DECODER = dict(SMALL, num_key_value_heads=2, max_position_embeddings=64, pad_token_id=0)
@@ -34,8 +39,12 @@ def _seeded(cls, config):
     return cls(config).eval()
 
 
+BERT = dict(SMALL, num_hidden_layers=4, max_position_embeddings=64)
 TEACHERS = {
     "bert": lambda: tiny_bert(num_layers=4, seed=0).eval(),
+    "bert-token-classification": lambda: _seeded(BertForTokenClassification, BertConfig(**BERT, num_labels=5)),
+    "bert-question-answering": lambda: _seeded(BertForQuestionAnswering, BertConfig(**BERT)),
+    "bert-masked-lm": lambda: _seeded(BertForMaskedLM, BertConfig(**BERT)),
     "roberta": lambda: _seeded(
         RobertaForSequenceClassification,
         RobertaConfig(**SMALL, num_hidden_layers=4, max_position_embeddings=70, pad_token_id=1),
@@ -83,9 +92,11 @@ def test_student_with_all_layers_reproduces_the_teacher(arch):
     assert type(student) is type(teacher) and student is not teacher
     assert not student.training
     inputs = _inputs()
+    task = detect_task(teacher)
     with torch.no_grad():
-        expected, got = teacher(**inputs).logits, student(**inputs).logits
-    assert torch.equal(got, expected)
+        expected, got = task_logits(task, teacher(**inputs)), task_logits(task, student(**inputs))
+    for got_logits, expected_logits in zip(got, expected, strict=True):
+        assert torch.equal(got_logits, expected_logits)
     assert student.config.distillation_teacher_layers == [0, 1, 2, 3]
 
 
