@@ -46,6 +46,7 @@ class DistillationRecord:
     teacher_model: str | None = None
     teacher_architecture: str | None = None
     student_architecture: str | None = None
+    task: str | None = None  # hf_distill.tasks: which logits were distilled, at which positions
     teacher_num_parameters: int | None = None
     student_num_parameters: int | None = None
     teacher_num_layers: int | None = None

@@ -408,6 +408,7 @@ class DistillationTrainer(Trainer):
             teacher_model=self.teacher_name_or_path,
             teacher_architecture=type(self.teacher_model).__name__,
             student_architecture=type(student).__name__,
+            task=self.task.name,
             teacher_num_parameters=self._teacher_num_parameters,
             student_num_parameters=student_params,
             teacher_num_layers=num_layers(self.teacher_model),

@@ -1,5 +1,6 @@
 """The hidden-state term of DistillationTrainer against a reference written from the papers' definitions."""
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
@@ -86,3 +87,12 @@ def test_different_widths_are_refused_before_training(tmp_path):
 def test_bad_hidden_settings_fail_in_post_init(tmp_path, overrides, message):
     with pytest.raises(ValueError, match=message):
         DistillationArguments(output_dir=str(tmp_path), **overrides)
+
+
+def test_predictions_hold_the_logits_not_the_hidden_states(tmp_path):
+    """The hidden states the term needs are not gathered into evaluation predictions (memory, concatenation)."""
+    trainer = make_trainer(tmp_path, tiny_bert(4, seed=1), tiny_bert(2, seed=2), hidden_weight=1.0)
+    output = trainer.predict(trainer.eval_dataset)
+    assert isinstance(output.predictions, np.ndarray)
+    assert output.predictions.shape == (len(trainer.eval_dataset), 2)
+    assert "test_loss_hidden" in output.metrics

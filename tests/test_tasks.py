@@ -285,3 +285,30 @@ def test_question_answering_with_positions_past_the_end_ignores_them(tmp_path):
         per_example.append((start + F.cross_entropy(out.end_logits[b, :n], batch["end_positions"][b])) / 2)
     assert means["loss_ce"] == pytest.approx(torch.stack([torch.as_tensor(x) for x in per_example]).mean().item(),
                                              rel=1e-4)  # fmt: skip
+
+
+def test_sentence_pairs_reach_the_teacher_with_their_token_type_ids(tmp_path):
+    teacher = bert(BertForSequenceClassification, 4, 1, type_vocab_size=2)
+    student = bert(BertForSequenceClassification, 2, 2, type_vocab_size=2)
+    trainer = make_trainer(tmp_path, teacher, student)
+    examples = rows("causal-lm", 6, seed=13)  # token ids only; labels below
+    batch = collate([{"input_ids": e["input_ids"]} for e in examples])
+    segment = torch.zeros_like(batch["input_ids"])
+    segment[:, 3:] = 1  # the second text of each pair
+    batch["token_type_ids"], batch["labels"] = segment * batch["attention_mask"], torch.tensor([0, 1, 1, 0, 1, 0])
+    trainer.model.eval()
+    with torch.no_grad():
+        trainer.compute_loss(trainer.model, batch)
+    means = trainer._pop_term_means("eval")
+    inputs = {k: batch[k] for k in ("input_ids", "attention_mask", "token_type_ids")}
+    with torch.no_grad():
+        t_logits, s_logits = teacher.eval()(**inputs).logits, copy.deepcopy(student).eval()(**inputs).logits
+        without_segments = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+    assert not torch.allclose(t_logits, without_segments)  # the segments matter to this teacher
+    expected = torch.stack([kd_row(s, t) for s, t in zip(s_logits, t_logits)]).mean()
+    assert means["loss_kd"] == pytest.approx(expected.item(), rel=1e-4)
+
+
+def test_the_task_is_recorded_in_distillation_config(tmp_path):
+    teacher, student = PAIRS["token-classification"]()
+    assert make_trainer(tmp_path, teacher, student).distillation_record().task == "token-classification"
