@@ -1,0 +1,116 @@
+"""The per-task example scripts run end to end on tiny models saved in the test and a few dozen local rows.
+
+Each script runs as a subprocess, exactly as its docstring's command does (no Hub: the teacher and tokenizer are
+built here and saved to `tmp_path`), and must save a student that reloads with its task's Auto class, has fewer
+layers than the teacher, and whose training log holds the per-term losses.
+"""
+
+import json
+import math
+import os
+import random
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+import transformers
+from transformers import BertConfig, BertTokenizerFast
+
+from hf_distill import load_distillation_config, load_training_history
+
+ROOT = Path(__file__).resolve().parents[1]
+EXAMPLES = ROOT / "examples"
+TEACHER_LAYERS, STUDENT_LAYERS = 4, 2
+
+PEOPLE, PLACES = ["alice", "bob", "carol", "dave"], ["paris", "london", "rome", "oslo"]
+WORDS = ["the", "a", "film", "was", "is", "good", "bad", "visited", "met", "in", "and", "who", "where", "did", "?",
+         ".", ",", "new", "york", "city", *PEOPLE, *PLACES]  # fmt: skip
+SUFFIXES = ["##s", "##er", "##ville"]  # sub-words: "parisville" is two tokens, only the first labelled
+
+
+def write_vocab(path: Path) -> Path:
+    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *SUFFIXES]
+    path.write_text("\n".join(tokens) + "\n")
+    return path
+
+
+def save_bert_teacher(root: Path, head: str, **config) -> tuple[Path, int]:
+    """A tiny randomly initialised BERT with `head` (e.g. `BertForTokenClassification`) and its tokenizer."""
+    # transformers 5 ignores `vocab_file=` (the tokenizer would know only its 5 special tokens): pass `vocab=`
+    tokenizer = BertTokenizerFast(vocab=str(write_vocab(root / "vocab.txt")))
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=TEACHER_LAYERS,
+                        num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, **config)  # fmt: skip
+    teacher_dir = root / "teacher"
+    getattr(transformers, head)(config).save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    return teacher_dir
+
+
+def write_jsonl(path: Path, rows: list[dict]) -> Path:
+    path.write_text("".join(json.dumps(row) + "\n" for row in rows))
+    return path
+
+
+def run_example(script: str, tmp_path: Path, *options: str) -> Path:
+    """Run `examples/<script>` with `options` in a fresh process; return its output directory."""
+    out = tmp_path / "out"
+    env = os.environ | {
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(ROOT), os.environ.get("PYTHONPATH")])),
+        "OMP_NUM_THREADS": "1",  # tiny models: one thread is faster, and far faster on a shared CPU
+        "TOKENIZERS_PARALLELISM": "false",
+        "HF_HUB_OFFLINE": "1",
+        "HF_DATASETS_OFFLINE": "1",
+        "HF_DATASETS_CACHE": str(tmp_path / "datasets_cache"),
+    }
+    argv = [sys.executable, str(EXAMPLES / script), "--output_dir", str(out), "--num_layers", str(STUDENT_LAYERS),
+            "--max_steps", "2", *options]  # fmt: skip
+    result = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-4000:]
+    return out
+
+
+def check_student(out: Path, auto_class: str) -> dict:
+    """The saved student: files, reload with the task's Auto class, fewer layers, per-term losses logged."""
+    for name in ("config.json", "model.safetensors", "distillation_config.json", "training_history.json"):
+        assert (out / name).is_file(), name
+    student = getattr(transformers, auto_class).from_pretrained(out)
+    layers = getattr(student.config, "num_hidden_layers", None) or student.config.n_layer
+    assert layers == STUDENT_LAYERS < TEACHER_LAYERS
+    record = load_distillation_config(out)
+    assert record.global_step == 2 and record.teacher_num_layers == TEACHER_LAYERS
+    assert record.student_layers_from_teacher == [1, 3] and record.student_architecture == type(student).__name__
+    history = load_training_history(out)
+    assert history["train"], "no training log entry"
+    for entry in history["train"]:
+        assert {"loss_ce", "loss_kd"} <= set(entry), entry
+        assert math.isfinite(entry["loss_ce"]) and math.isfinite(entry["loss_kd"]) and entry["loss_kd"] >= 0
+    return history
+
+
+def ner_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for _ in range(n):
+        person, place = rng.choice(PEOPLE), rng.choice(PLACES) + rng.choice(["", "ville"])
+        if rng.random() < 0.5:
+            rows.append({"tokens": [person, "visited", place, "."], "ner_tags": ["B-PER", "O", "B-LOC", "O"]})
+        else:
+            tokens = ["the", "film", "was", "in", "new", "york", "city"]
+            rows.append({"tokens": tokens, "ner_tags": ["O", "O", "O", "O", "B-LOC", "I-LOC", "I-LOC"]})
+    return rows
+
+
+def test_token_classification_example(tmp_path):
+    names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
+    teacher = save_bert_teacher(tmp_path, "BertForTokenClassification", num_labels=len(names),
+                                id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})  # fmt: skip
+    train = write_jsonl(tmp_path / "train.jsonl", ner_rows(40, seed=0))
+    dev = write_jsonl(tmp_path / "dev.jsonl", ner_rows(12, seed=1))
+    out = run_example("distil_token_classification.py", tmp_path, "--teacher", str(teacher),
+                      "--train_file", str(train), "--validation_file", str(dev))  # fmt: skip
+    history = check_student(out, "AutoModelForTokenClassification")
+    metrics = history["eval"][-1]
+    assert 0 <= metrics["eval_f1"] <= 1 and 0 <= metrics["eval_accuracy"] <= 1
