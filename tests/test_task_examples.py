@@ -114,3 +114,26 @@ def test_token_classification_example(tmp_path):
     history = check_student(out, "AutoModelForTokenClassification")
     metrics = history["eval"][-1]
     assert 0 <= metrics["eval_f1"] <= 1 and 0 <= metrics["eval_accuracy"] <= 1
+
+
+def squad_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = []
+    for i in range(n):
+        person, place, other = rng.choice(PEOPLE), rng.choice(PLACES), rng.choice(PLACES)
+        context = f"{person} visited {place} and met bob in {other}."
+        question, answer = ("where did alice met bob?", other) if i % 2 else (f"who visited {place}?", person)
+        rows.append({"id": str(i), "question": question, "context": context,
+                     "answers": {"text": [answer], "answer_start": [context.rindex(answer)]}})  # fmt: skip
+    return rows
+
+
+def test_question_answering_example(tmp_path):
+    teacher = save_bert_teacher(tmp_path, "BertForQuestionAnswering")
+    train = write_jsonl(tmp_path / "train.jsonl", squad_rows(40, seed=0))
+    dev = write_jsonl(tmp_path / "dev.jsonl", squad_rows(12, seed=1))
+    out = run_example("distil_question_answering.py", tmp_path, "--teacher", str(teacher), "--train_file", str(train),
+                      "--validation_file", str(dev), "--max_length", "64")  # fmt: skip
+    history = check_student(out, "AutoModelForQuestionAnswering")
+    metrics = history["eval"][-1]
+    assert 0 <= metrics["eval_exact_match"] <= metrics["eval_f1"] <= 100
