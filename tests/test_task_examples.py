@@ -105,8 +105,12 @@ def ner_rows(n: int, seed: int) -> list[dict]:
 
 def test_token_classification_example(tmp_path):
     names = ["O", "B-PER", "I-PER", "B-LOC", "I-LOC"]
-    teacher = save_bert_teacher(tmp_path, "BertForTokenClassification", num_labels=len(names),
-                                id2label=dict(enumerate(names)), label2id={n: i for i, n in enumerate(names)})  # fmt: skip
+    labels = {  # the data gives tag names; the script maps them to these ids
+        "num_labels": len(names),
+        "id2label": dict(enumerate(names)),
+        "label2id": {n: i for i, n in enumerate(names)},
+    }
+    teacher = save_bert_teacher(tmp_path, "BertForTokenClassification", **labels)
     train = write_jsonl(tmp_path / "train.jsonl", ner_rows(40, seed=0))
     dev = write_jsonl(tmp_path / "dev.jsonl", ner_rows(12, seed=1))
     out = run_example("distil_token_classification.py", tmp_path, "--teacher", str(teacher),
@@ -137,3 +141,26 @@ def test_question_answering_example(tmp_path):
     history = check_student(out, "AutoModelForQuestionAnswering")
     metrics = history["eval"][-1]
     assert 0 <= metrics["eval_exact_match"] <= metrics["eval_f1"] <= 100
+
+
+def text_rows(n: int, seed: int) -> list[dict]:
+    rng = random.Random(seed)
+    rows = [{"text": ""}]  # WikiText has empty lines
+    for _ in range(n):
+        rows.append({"text": f"{rng.choice(PEOPLE)} visited {rng.choice(PLACES)} and met {rng.choice(PEOPLE)}."})
+    return rows
+
+
+def check_perplexity(out: Path) -> None:
+    results = json.loads((out / "eval_results.json").read_text())
+    assert results["perplexity"] == pytest.approx(math.exp(results["eval_loss"])) and results["perplexity"] > 1
+
+
+def test_masked_lm_example(tmp_path):
+    teacher = save_bert_teacher(tmp_path, "BertForMaskedLM")
+    train = write_jsonl(tmp_path / "train.jsonl", text_rows(40, seed=0))
+    dev = write_jsonl(tmp_path / "dev.jsonl", text_rows(16, seed=1))
+    out = run_example("distil_masked_lm.py", tmp_path, "--teacher", str(teacher), "--train_file", str(train),
+                      "--validation_file", str(dev), "--block_size", "32")  # fmt: skip
+    check_student(out, "AutoModelForMaskedLM")
+    check_perplexity(out)
