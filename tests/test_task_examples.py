@@ -164,3 +164,33 @@ def test_masked_lm_example(tmp_path):
                       "--validation_file", str(dev), "--block_size", "32")  # fmt: skip
     check_student(out, "AutoModelForMaskedLM")
     check_perplexity(out)
+
+
+def save_gpt2_teacher(root: Path, texts: list[str]) -> Path:
+    """A tiny random GPT2LMHeadModel and a byte-level BPE tokenizer trained here (no pad token, like GPT-2)."""
+    from tokenizers import ByteLevelBPETokenizer
+    from transformers import GPT2Config, GPT2LMHeadModel, GPT2TokenizerFast
+
+    bpe = ByteLevelBPETokenizer()
+    bpe.train_from_iterator(texts, vocab_size=300, min_frequency=1, special_tokens=["<|endoftext|>"])
+    eos = "<|endoftext|>"
+    tokenizer = GPT2TokenizerFast(tokenizer_object=bpe._tokenizer, eos_token=eos, bos_token=eos, unk_token=eos)
+    assert tokenizer.pad_token is None  # the script must supply one, as for the real GPT-2
+    torch.manual_seed(0)
+    config = GPT2Config(vocab_size=len(tokenizer), n_layer=TEACHER_LAYERS, n_embd=32, n_head=2, n_positions=64)
+    teacher_dir = root / "teacher"
+    GPT2LMHeadModel(config).save_pretrained(teacher_dir)
+    tokenizer.save_pretrained(teacher_dir)
+    return teacher_dir
+
+
+def test_causal_lm_example(tmp_path):
+    train_rows, dev_rows = text_rows(40, seed=0), text_rows(16, seed=1)
+    teacher = save_gpt2_teacher(tmp_path, [row["text"] for row in train_rows])
+    train = write_jsonl(tmp_path / "train.jsonl", train_rows)
+    dev = write_jsonl(tmp_path / "dev.jsonl", dev_rows)
+    out = run_example("distil_causal_lm.py", tmp_path, "--teacher", str(teacher), "--train_file", str(train),
+                      "--validation_file", str(dev), "--block_size", "32")  # fmt: skip
+    check_student(out, "AutoModelForCausalLM")
+    check_perplexity(out)
+    assert load_distillation_config(out).gamma == 0.0
