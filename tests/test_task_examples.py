@@ -5,6 +5,7 @@ built here and saved to `tmp_path`), and must save a student that reloads with i
 layers than the teacher, and whose training log holds the per-term losses.
 """
 
+import csv
 import json
 import math
 import os
@@ -194,3 +195,31 @@ def test_causal_lm_example(tmp_path):
     check_student(out, "AutoModelForCausalLM")
     check_perplexity(out)
     assert load_distillation_config(out).gamma == 0.0
+
+
+def write_pair_csv(path: Path, n: int, seed: int) -> Path:
+    """MRPC-style rows: the label is a name the teacher's label2id knows, not an id."""
+    rng = random.Random(seed)
+    with path.open("w", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["sentence1", "sentence2", "label"])
+        for _ in range(n):
+            person, place = rng.choice(PEOPLE), rng.choice(PLACES)
+            same = rng.random() < 0.5
+            other = place if same else rng.choice([p for p in PLACES if p != place])
+            writer.writerow(
+                [f"{person} visited {place}.", f"{person} was in {other}.", "equivalent" if same else "different"]
+            )
+    return path
+
+
+def test_sentence_pair_example(tmp_path):
+    names = {0: "different", 1: "equivalent"}
+    teacher = save_bert_teacher(tmp_path, "BertForSequenceClassification", num_labels=2, id2label=names,
+                                label2id={name: i for i, name in names.items()})  # fmt: skip
+    train, dev = write_pair_csv(tmp_path / "train.csv", 40, seed=0), write_pair_csv(tmp_path / "dev.csv", 12, seed=1)
+    out = run_example("distil_sentence_pair.py", tmp_path, "--teacher", str(teacher), "--train_file", str(train),
+                      "--validation_file", str(dev))  # fmt: skip
+    history = check_student(out, "AutoModelForSequenceClassification")
+    metrics = history["eval"][-1]
+    assert 0 <= metrics["eval_accuracy"] <= 1 and 0 <= metrics["eval_f1"] <= 1
