@@ -223,3 +223,12 @@ def test_sentence_pair_example(tmp_path):
     history = check_student(out, "AutoModelForSequenceClassification")
     metrics = history["eval"][-1]
     assert 0 <= metrics["eval_accuracy"] <= 1 and 0 <= metrics["eval_f1"] <= 1
+
+
+def test_every_task_example_is_listed_and_tested():
+    scripts = sorted(path.name for path in EXAMPLES.glob("distil_*.py"))
+    assert len(scripts) == 5
+    docs, tests = (ROOT / "docs" / "trainer.md").read_text(), Path(__file__).read_text()
+    for name in scripts:
+        assert f"(../examples/{name})" in docs, f"{name} is missing from the Examples list of docs/trainer.md"
+        assert f'run_example("{name}"' in tests, f"{name} has no end-to-end test"
