@@ -124,7 +124,15 @@ def _read_file(path: str) -> Dataset:
             ) from error
     if not data or not all(isinstance(row, dict) for row in data):
         raise ValueError(f"{path}: expected a non-empty list of records (one JSON object per example).")
-    return Dataset.from_list(data)
+    import pyarrow as pa
+
+    try:
+        return Dataset.from_list(data)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise ValueError(
+            f"{path}: a column holds values of different kinds across rows ({error}). Give each column one kind of "
+            "value in every row (e.g. every 'answers' an object, every 'tokens' a list)."
+        ) from error
 
 
 def load_split(args: DataArguments, split: str) -> Dataset:

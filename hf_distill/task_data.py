@@ -92,10 +92,12 @@ def _limited(dataset: Dataset, values: list, args: DataArguments, split: str) ->
     return dataset, values
 
 
-def _require(split: str, dataset: Dataset, option: str, name: str | None, default_hint: str) -> str:
+def _require(split: str, dataset: Dataset, option: str, given: str | None, default: str | None, what: str) -> str:
+    """The column named by `--option` (`given`), else `default`; an error naming the option when it is missing."""
+    name = given or default
     if name is None or name not in dataset.column_names:
-        given = f"--{option}={name!r} is not a column of the {split} data" if name else f"no {default_hint} column"
-        raise ValueError(f"{given}; its columns are {dataset.column_names}. Name it with --{option}.")
+        problem = f"--{option}={given!r} is not a column of the {split} data" if given else f"no {what} column"
+        raise ValueError(f"{problem}; its columns are {dataset.column_names}. Name it with --{option}.")
     return name
 
 
@@ -184,9 +186,9 @@ def _token_classification(splits, args: DataArguments, tokenizer, config, pair: 
     label2id = {v: k for k, v in id2label.items()}
     encoded = {}
     for split, dataset in splits.items():
-        words_column = _require(split, dataset, "text_column", args.text_column or "tokens", "word-list ('tokens')")
+        words_column = _require(split, dataset, "text_column", args.text_column, "tokens", "word-list ('tokens')")
         guess = next((c for c in _TOKEN_LABEL_GUESSES if c in dataset.column_names), None)
-        label_column = _require(split, dataset, "label_column", args.label_column or guess,
+        label_column = _require(split, dataset, "label_column", args.label_column, guess,
                                 "per-word label ('ner_tags', 'labels' or 'label')")  # fmt: skip
         words, labels, seen = [], [], set()
         for row, (cell, tags) in enumerate(zip(dataset[words_column], dataset[label_column])):
@@ -232,7 +234,10 @@ def _encode_words(words: list[list[str]], word_labels: list[list[int]], tokenize
 
 
 def _answers(cell: Any, context: str, split: str, row: int, column: str) -> tuple[list[str], list[int]]:
-    answers = json.loads(cell) if isinstance(cell, str) else cell
+    try:
+        answers = json.loads(cell) if isinstance(cell, str) else cell
+    except json.JSONDecodeError:
+        answers = None
     texts = answers.get("text") if isinstance(answers, dict) else None
     starts = answers.get("answer_start") if isinstance(answers, dict) else None
     if not isinstance(texts, list) or not isinstance(starts, list) or len(texts) != len(starts):
@@ -255,9 +260,9 @@ def _question_answering(splits, args: DataArguments, tokenizer, config, pair: bo
 
     encoded, references = {}, None
     for split, dataset in splits.items():
-        question = _require(split, dataset, "text_column", args.text_column or "question", "question")
-        context = _require(split, dataset, "text_pair_column", args.text_pair_column or "context", "context")
-        answer = _require(split, dataset, "label_column", args.label_column or "answers", "answers")
+        question = _require(split, dataset, "text_column", args.text_column, "question", "question")
+        context = _require(split, dataset, "text_pair_column", args.text_pair_column, "context", "context")
+        answer = _require(split, dataset, "label_column", args.label_column, "answers", "answers")
         contexts = [str(c) for c in dataset[context]]
         answers = [_answers(cell, contexts[row], split, row, answer) for row, cell in enumerate(dataset[answer])]
         dataset, answers = _limited(dataset, answers, args, split)

@@ -131,10 +131,14 @@ class QAReferences:
     answers: list[list[str]]  # the gold answer texts ([""] for an unanswerable question)
 
 
-def best_span(start_logits: np.ndarray, end_logits: np.ndarray, offsets: list, max_tokens: int) -> tuple[int, int]:
+def best_span(
+    start_logits: np.ndarray, end_logits: np.ndarray, offsets: list, max_tokens: int
+) -> tuple[int, int] | None:
     """`(start, end)` token indices maximising `start + end` logits with `start <= end < start + max_tokens`,
-    both inside the context."""
+    both inside the context; `None` when truncation left no context token."""
     inside = np.array([t for t, span in enumerate(offsets) if span is not None])
+    if inside.size == 0:
+        return None
     scores = start_logits[inside][:, None] + end_logits[inside][None, :]  # (S, S): start row, end column
     length = inside[None, :] - inside[:, None]
     scores = np.where((length >= 0) & (length < max_tokens), scores, -np.inf)
@@ -202,8 +206,8 @@ class TaskMetrics:
         refs = self.references
         exact = f1 = 0.0
         for i, offsets in enumerate(refs.offsets):
-            start, end = best_span(start_logits[i], end_logits[i], offsets, MAX_ANSWER_TOKENS)
-            text = refs.contexts[i][offsets[start][0] : offsets[end][1]]
+            span = best_span(start_logits[i], end_logits[i], offsets, MAX_ANSWER_TOKENS)
+            text = "" if span is None else refs.contexts[i][offsets[span[0]][0] : offsets[span[1]][1]]
             exact += squad_exact_match(text, refs.answers[i])
             f1 += squad_f1(text, refs.answers[i])
         return {"f1": f1 / len(refs.offsets), "exact_match": exact / len(refs.offsets)}
