@@ -58,8 +58,7 @@ CAUSAL_LM = Task(
     True, "causal language modelling: the next token (GPT-2, Llama, Qwen2)",
 )  # fmt: skip
 TASKS: dict[str, Task] = {
-    task.name: task
-    for task in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING, MASKED_LM, CAUSAL_LM)
+    task.name: task for task in (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING, MASKED_LM, CAUSAL_LM)
 }
 
 
@@ -114,9 +113,7 @@ def distilled_positions(task: Task, inputs: dict[str, Any]) -> torch.Tensor:
             "masked-lm distillation needs `labels` marking the masked positions (-100 elsewhere); batch them with "
             "DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15)."
         )
-    valid = (
-        torch.ones_like(inputs["input_ids"], dtype=torch.bool) if labels is None else labels.ne(losses.IGNORE_INDEX)
-    )
+    valid = torch.ones_like(inputs["input_ids"], dtype=torch.bool) if labels is None else labels.ne(losses.IGNORE_INDEX)
     if attention_mask is not None:
         valid = valid & attention_mask.bool()
     return valid
@@ -157,13 +154,10 @@ def output_terms(
             ce = (_span_ce(student[0], starts) + _span_ce(student[1], ends)) / 2
             terms["loss_ce"] = (ce, torch.ones_like(ce))
         if teacher is not None:
-            kd = (
-                sum(
-                    losses.position_soft_label_loss(s, t, attention_mask, temperature, reduction="none")
-                    for s, t in zip(student, teacher)
-                )
-                / 2
-            )
+            kd = sum(
+                losses.position_soft_label_loss(s, t, attention_mask, temperature, reduction="none")
+                for s, t in zip(student, teacher)
+            ) / 2
             terms["loss_kd"] = (kd, torch.ones_like(kd))
         return terms
     if not task.per_token:  # sequence classification
