@@ -434,3 +434,25 @@ def test_sentence_pair_without_pair_columns(assets, tmp_path, capsys):
     argv = options(assets, "nli", "text_train", "text_dev", tmp_path / "o", task="sentence-pair")
     err = refused(argv, capsys)
     assert "--task sentence-pair needs two text columns" in err and "['text']" in err
+
+
+def test_token_classification_reads_word_lists_from_tsv(assets, tmp_path, capsys):
+    rows = ner_rows(8, seed=5, names=True)
+    lines = ["words\ttags"] + [f"{' '.join(r['tokens'])}\t{json.dumps(r['ner_tags'])}" for r in rows]
+    (tmp_path / "train.tsv").write_text("\n".join(lines) + "\n")  # space-separated words, JSON-list tags
+    argv = options(assets | {"tsv": str(tmp_path / "train.tsv")}, "ner", "tsv", "tsv", tmp_path / "out",
+                   text_column="words", label_column="tags", max_steps=1, eval_strategy="no")  # fmt: skip
+    code, err = run_cli(argv, capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "out" / "report.json").read_text())
+    assert (report["data"]["text_column"], report["data"]["label_column"]) == ("words", "tags")
+
+
+def test_task_falls_back_to_sequence_classification_with_a_log_line(caplog):
+    from hf_distill.task_data import resolve_task
+
+    with caplog.at_level("INFO", logger="hf_distill"):
+        task, pair = resolve_task(None, BertConfig(architectures=["BertModel"]))
+    assert (task.name, pair) == ("sequence-classification", False) and "pass --task" in caplog.text
+    assert resolve_task(None, BertConfig(architectures=["BertForMaskedLM"]))[0].name == "masked-lm"
+    assert resolve_task("sentence-pair", BertConfig(architectures=["BertForSequenceClassification"]))[1] is True
