@@ -28,6 +28,7 @@ from transformers import HfArgumentParser
 from .args import DistillationArguments
 from .artifacts import CONFIG_NAME
 from .data import DataArguments
+from .task_data import TASK_CHOICES
 
 __all__ = ["ModelArguments", "RunArguments", "main", "parse_args", "run_distillation"]
 
@@ -39,7 +40,7 @@ class ModelArguments:
     """The teacher, and the student: loaded from a path or built from the teacher's layers."""
 
     teacher_model_name_or_path: str = field(
-        metadata={"help": "The teacher: a path or Hub id of a model fine-tuned for the task (a sequence classifier)."}
+        metadata={"help": "The teacher: a path or Hub id of a model fine-tuned for the task (see --task)."}
     )
     student_model_name_or_path: str | None = field(
         default=None, metadata={"help": "A ready student (path or Hub id). Or build one with --student_num_layers."}
@@ -55,8 +56,16 @@ class ModelArguments:
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Tokenizer path or Hub id; defaults to the teacher's."}
     )
+    task: str | None = field(
+        default=None,
+        metadata={"help": f"The task: {', '.join(TASK_CHOICES)} (sequence classification of text pairs). Default: "
+                  "from the teacher's config.architectures, else sequence-classification."},
+    )  # fmt: skip
 
     def __post_init__(self) -> None:
+        if self.task is not None and self.task not in TASK_CHOICES:
+            raise ValueError(f"--task={self.task!r} is not a task hf-distill runs; choose one of "
+                             f"{', '.join(TASK_CHOICES)} (or leave it out to read it from the teacher).")  # fmt: skip
         if self.student_layers is not None and self.student_num_layers is None:
             self.student_num_layers = len(self.student_layers)
         if (self.student_model_name_or_path is None) == (self.student_num_layers is None):

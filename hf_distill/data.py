@@ -40,14 +40,21 @@ class DataArguments:
     train_split: str = field(default="train", metadata={"help": "Split of --dataset_name to train on."})
     validation_split: str = field(default="validation", metadata={"help": "Split of --dataset_name to evaluate on."})
     text_column: str | None = field(
-        default=None, metadata={"help": "Column with the text. Default: 'sentence' or 'text', whichever exists."}
-    )
+        default=None,
+        metadata={"help": "Column with the text. Default: 'sentence' or 'text', whichever exists; 'tokens' (word "
+                  "lists) for token classification, 'question' for question answering."},
+    )  # fmt: skip
     text_pair_column: str | None = field(
-        default=None, metadata={"help": "Optional second text column for sentence-pair tasks (e.g. 'sentence2')."}
-    )
-    label_column: str = field(
-        default="label", metadata={"help": "Column with the labels: integer ids or the teacher's label names."}
-    )
+        default=None,
+        metadata={"help": "Second text column: of sentence pairs (e.g. 'sentence2'; --task sentence-pair guesses "
+                  "it), or the context for question answering (default 'context')."},
+    )  # fmt: skip
+    label_column: str | None = field(
+        default=None,
+        metadata={"help": "Column with the labels: integer ids or the teacher's label names. Default: 'label'; "
+                  "'ner_tags', 'labels' or 'label' (one per word) for token classification; 'answers' for question "
+                  "answering; language models have none."},
+    )  # fmt: skip
     max_seq_length: int = field(
         default=128, metadata={"help": "Longer inputs are truncated to this many tokens; padding is per batch."}
     )
@@ -117,7 +124,15 @@ def _read_file(path: str) -> Dataset:
             ) from error
     if not data or not all(isinstance(row, dict) for row in data):
         raise ValueError(f"{path}: expected a non-empty list of records (one JSON object per example).")
-    return Dataset.from_list(data)
+    import pyarrow as pa
+
+    try:
+        return Dataset.from_list(data)
+    except (pa.ArrowInvalid, pa.ArrowTypeError) as error:
+        raise ValueError(
+            f"{path}: a column holds values of different kinds across rows ({error}). Give each column one kind of "
+            "value in every row (e.g. every 'answers' an object, every 'tokens' a list)."
+        ) from error
 
 
 def load_split(args: DataArguments, split: str) -> Dataset:
@@ -144,8 +159,8 @@ def load_split(args: DataArguments, split: str) -> Dataset:
     return dataset
 
 
-def resolve_columns(args: DataArguments, dataset: Dataset, split: str) -> tuple[str, str | None, str]:
-    """`(text, text_pair, label)` column names, each checked to exist in `dataset`."""
+def resolve_columns(args: DataArguments, dataset: Dataset, split: str) -> tuple[str, str | None, str | None]:
+    """`(text, text_pair, label)` column names, each checked to exist in `dataset` (pair and label: when given)."""
     columns = dataset.column_names
     text = args.text_column or next((c for c in _TEXT_COLUMN_GUESSES if c in columns), None)
     if text is None:

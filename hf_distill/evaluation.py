@@ -1,8 +1,8 @@
-"""Classification metrics and a timed evaluation pass, shared by the `hf-distill` command and the demo.
+"""Classification metrics and a timed evaluation pass of any task, shared by the `hf-distill` command and the demo.
 
-Metrics come from `evaluate` (`accuracy`, and `f1` for binary tasks). `evaluate.load` fetches its metric scripts
-from the Hugging Face Hub; where the Hub cannot be reached, the same definitions implemented here are used
-instead and the log says so once.
+Sequence-classification metrics come from `evaluate` (`accuracy`, and `f1` for binary tasks). `evaluate.load`
+fetches its metric scripts from the Hugging Face Hub; where the Hub cannot be reached, the same definitions
+implemented here are used instead and the log says so once. The other tasks' metrics are in `hf_distill.task_metrics`.
 """
 
 from __future__ import annotations
@@ -12,13 +12,20 @@ import statistics
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 from torch import nn
 from torch.utils.data import DataLoader
+from transformers.trainer_pt_utils import nested_concat, nested_numpify
 
-__all__ = ["EvaluationResult", "accuracy", "binary_f1", "evaluate_classifier", "load_metrics", "metrics_function"]
+from .tasks import task_logits
+
+if TYPE_CHECKING:
+    from .task_metrics import TaskMetrics
+
+__all__ = ["EvaluationResult", "accuracy", "binary_f1", "evaluate_model", "load_metrics"]
 
 logger = logging.getLogger(__name__)
 
@@ -88,20 +95,6 @@ def _wrap(module, name: str) -> Callable[[Sequence[int], Sequence[int]], float]:
     return compute
 
 
-def metrics_function(num_labels: int) -> Callable:
-    """A `compute_metrics` for `Trainer`: argmax of the logits, then the metrics of `load_metrics`."""
-    metrics = load_metrics(num_labels)
-
-    def compute_metrics(eval_prediction) -> dict[str, float]:
-        logits = eval_prediction.predictions
-        logits = logits[0] if isinstance(logits, tuple) else logits
-        predictions = np.asarray(logits).argmax(axis=-1)
-        references = np.asarray(eval_prediction.label_ids)
-        return {name: fn(predictions, references) for name, fn in metrics.items()}
-
-    return compute_metrics
-
-
 @dataclass
 class EvaluationResult:
     """Metrics and inference speed of one model on one evaluation set."""
@@ -139,45 +132,56 @@ def _sync(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+def _split_labels(batch: dict, label_names: tuple[str, ...]):
+    """Take the targets out of `batch`: one tensor, or a tuple for several (QA's start and end), as `Trainer` does."""
+    labels = tuple(batch.pop(name) for name in label_names)
+    return labels[0] if len(labels) == 1 else labels
+
+
 @torch.inference_mode()
-def evaluate_classifier(
+def evaluate_model(
     model: nn.Module,
     dataset,
     collator: Callable,
-    metrics: dict[str, Callable],
+    metrics: TaskMetrics,
     batch_size: int,
     device: torch.device | str,
     latency_samples: int = 32,
 ) -> EvaluationResult:
-    """Predict `dataset` with `model` (eval mode, no grad), compute `metrics`, and time it.
+    """Predict `dataset` with `model` (eval mode, no grad), compute the task's `metrics`, and time it.
 
-    Throughput: every batch of `batch_size` is timed after one untimed warm-up batch. Latency: the median time of
-    a forward pass on single examples (the first `latency_samples` rows, unpadded). Each model is timed on its own,
-    one after the other, on `device`.
+    Predictions go through `metrics.preprocess` batch by batch and are gathered (padded with -100) exactly as
+    `Trainer.evaluate` gathers them, so both compute the same numbers. Throughput: every batch of `batch_size` is
+    timed after one untimed warm-up batch. Latency: the median time of a forward pass on single examples (the first
+    `latency_samples` rows, unpadded). Each model is timed on its own, one after the other, on `device`.
     """
     device = torch.device(device)
     was_training = model.training
     model.eval()
+    label_names = metrics.task.label_names
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, collate_fn=collator)
-    predictions, references, times = [], [], []
+    predictions, references, times, count = None, None, [], 0
     for step, batch in enumerate(loader):
-        labels = batch.pop("labels")
+        labels = _split_labels(batch, label_names)
         batch = {k: v.to(device) for k, v in batch.items()}
         if step == 0:
             model(**batch)  # warm-up: first-call allocations and kernel selection stay out of the timing
         _sync(device)
         start = time.perf_counter()
-        logits = model(**batch).logits
+        outputs = model(**batch)
         _sync(device)
         times.append(time.perf_counter() - start)
-        predictions.append(logits.argmax(-1).cpu())
-        references.append(labels)
-    predictions, references = torch.cat(predictions).numpy(), torch.cat(references).numpy()
+        logits = task_logits(metrics.task, outputs)
+        kept = metrics.preprocess(logits[0] if len(logits) == 1 else logits, _to(labels, device))
+        predictions = _to(kept, "cpu") if predictions is None else nested_concat(predictions, _to(kept, "cpu"), -100)
+        references = labels if references is None else nested_concat(references, labels, -100)
+        count += next(iter(batch.values())).shape[0]
     seconds = sum(times)
 
     latencies = []
     for index in range(-1, min(latency_samples, len(dataset))):  # -1: an untimed warm-up at batch size 1
-        batch = {k: v.to(device) for k, v in collator([dataset[max(index, 0)]]).items() if k != "labels"}
+        single = collator([dataset[max(index, 0)]])
+        batch = {k: v.to(device) for k, v in single.items() if k not in label_names}
         _sync(device)
         start = time.perf_counter()
         model(**batch)
@@ -186,13 +190,19 @@ def evaluate_classifier(
             latencies.append(time.perf_counter() - start)
     model.train(was_training)
     return EvaluationResult(
-        metrics={name: fn(predictions, references) for name, fn in metrics.items()},
-        num_examples=len(predictions),
+        metrics=metrics.compute(nested_numpify(predictions), nested_numpify(references)),
+        num_examples=count,
         batch_size=batch_size,
         seconds=seconds,
-        examples_per_second=len(predictions) / seconds if seconds > 0 else float("inf"),
+        examples_per_second=count / seconds if seconds > 0 else float("inf"),
         ms_per_batch=1000 * seconds / len(times),
         latency_ms_batch1=1000 * statistics.median(latencies) if latencies else None,
         latency_samples=len(latencies),
         device=str(device),
     )
+
+
+def _to(tensors, device):
+    if isinstance(tensors, (tuple, list)):
+        return type(tensors)(_to(t, device) for t in tensors)
+    return tensors.to(device)

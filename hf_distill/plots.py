@@ -1,4 +1,4 @@
-"""`training_curves.png`: total loss, the three loss terms, eval accuracy and learning rate against the step.
+"""`training_curves.png`: total loss, the loss terms, the task's eval metric and learning rate against the step.
 
 matplotlib is optional (`pip install "hf-distill[plots]"`): without it `plot_training_curves` returns the reason
 instead of a file, and the run goes on.

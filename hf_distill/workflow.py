@@ -19,12 +19,15 @@ from torch import nn
 from .args import DistillationArguments
 from .artifacts import CONFIG_NAME, HISTORY_NAME, training_history
 from .cli import ModelArguments, RunArguments, check_output_dir, check_resumable, remove_checkpoints
-from .data import DataArguments, encode_labels, load_split, resolve_columns, tokenize
-from .evaluation import evaluate_classifier, load_metrics, metrics_function
+from .data import DataArguments
+from .evaluation import evaluate_model
 from .modeling import count_parameters, num_layers
 from .plots import PLOT_NAME, plot_training_curves
 from .report import REPORT_JSON, REPORT_MD, compare, speedup, write_report
 from .student import build_student
+from .task_data import TaskData, prepare_task_data, resolve_task
+from .task_metrics import TaskMetrics, task_metrics
+from .tasks import Task
 from .trainer import DistillationTrainer
 
 __all__ = ["PreparedRun", "execute_run", "prepare_run"]
@@ -43,7 +46,7 @@ class PreparedRun:
     eval_dataset: Any
     collator: Any
     resume_from: str | None
-    num_labels: int
+    metrics: TaskMetrics
     run_args: RunArguments
     model_args: ModelArguments
     description: dict[str, Any]
@@ -117,33 +120,15 @@ def _check_unfinished(trainer: DistillationTrainer, checkpoint: str) -> None:
         )
 
 
-def _load_data(data_args: DataArguments, teacher_config) -> tuple[dict, dict, dict]:
-    """Each split's examples, its labels as teacher ids (checked against the teacher's label set) and columns."""
-    splits, labels, columns = {}, {}, {}
-    for split in ("train", "validation"):
-        dataset = load_split(data_args, split)
-        columns[split] = resolve_columns(data_args, dataset, split)
-        values = dataset[columns[split][2]]  # the whole file: every teacher label must occur in the training data
-        labels[split] = encode_labels(values, teacher_config, split, require_all=split == "train")
-        limit = data_args.max_train_samples if split == "train" else data_args.max_eval_samples
-        if limit is not None and limit < len(dataset):
-            dataset, labels[split] = dataset.select(range(limit)), labels[split][:limit]
-        splits[split] = dataset
-    return splits, labels, columns
-
-
-def _student(model_args: ModelArguments, teacher: nn.Module, remote: dict) -> tuple[nn.Module, str]:
+def _student(model_args: ModelArguments, teacher: nn.Module, auto_class, remote: dict) -> tuple[nn.Module, str]:
     """The student, built from the teacher's layers or loaded (then checked to have the teacher's labels)."""
-    from transformers import AutoModelForSequenceClassification
-
     if model_args.student_model_name_or_path is None:
         try:
             student = build_student(teacher, model_args.student_num_layers, model_args.student_layers)
         except ValueError as error:
             raise ValueError(f"--student_num_layers/--student_layers: {error}") from error
         return student, f"built from teacher layers {student.config.distillation_teacher_layers}"
-    student = _load("student_model_name_or_path", model_args.student_model_name_or_path,
-                    AutoModelForSequenceClassification, **remote)  # fmt: skip
+    student = _load("student_model_name_or_path", model_args.student_model_name_or_path, auto_class, **remote)
     t_labels, s_labels = teacher.config.id2label, student.config.id2label
     if {int(k): v for k, v in t_labels.items()} != {int(k): v for k, v in s_labels.items()}:
         raise ValueError(
@@ -161,7 +146,8 @@ def prepare_run(
     data_description: str | None = None,
 ) -> PreparedRun:
     """Check every input and build teacher, student, data and trainer. Raises on bad input; trains nothing."""
-    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer, DataCollatorWithPadding
+    import transformers
+    from transformers import AutoConfig, AutoTokenizer
 
     if run_args.latency_samples < 0:
         raise ValueError(f"--latency_samples must be >= 0, got {run_args.latency_samples}.")
@@ -177,26 +163,21 @@ def prepare_run(
     _check_sequence_length(data_args.max_seq_length, tokenizer, teacher_config)
     _ensure_padding_token(tokenizer)
 
-    splits, labels, columns = _load_data(data_args, teacher_config)
+    task, pair = resolve_task(model_args.task, teacher_config)
+    data = prepare_task_data(task, pair, data_args, tokenizer, teacher_config)
+    metrics = task_metrics(task, teacher_config, data.references)
 
-    teacher = _load("teacher_model_name_or_path", teacher_path, AutoModelForSequenceClassification, **remote)
-    student, source = _student(model_args, teacher, remote)
+    auto_class = getattr(transformers, task.auto_class)
+    teacher = _load("teacher_model_name_or_path", teacher_path, auto_class, **remote)
+    student, source = _student(model_args, teacher, auto_class, remote)
     _check_vocabulary(tokenizer, teacher, "teacher")
     _check_vocabulary(tokenizer, student, "student")
     for model in (teacher, student):  # decoder-only classifiers find the last real token through pad_token_id
         if getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
 
-    train, evaluation = (
-        tokenize(splits[split], tokenizer, *columns[split][:2], labels[split], data_args.max_seq_length)
-        for split in ("train", "validation")
-    )
-    collator = DataCollatorWithPadding(tokenizer)
-    trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=training_args, train_dataset=train, eval_dataset=evaluation,
-        processing_class=tokenizer, data_collator=collator,
-        compute_metrics=metrics_function(teacher.config.num_labels),
-    )  # fmt: skip
+    train, evaluation = data.train, data.evaluation
+    trainer = _trainer(task, student, teacher, training_args, data, tokenizer, metrics)
     if resume_from is not None:
         record = trainer.distillation_record()
         expected = training_args.distillation_settings() | {
@@ -217,28 +198,51 @@ def prepare_run(
         default_description = f"`{data_args.train_file}` (train) and `{data_args.validation_file}` (evaluation)."
     description = {
         "description": data_description or default_description,
+        "task": "sentence-pair" if pair else task.name,
         "num_train": len(train),
         "num_eval": len(evaluation),
-        "text_column": columns["train"][0],
-        "text_pair_column": columns["train"][1],
-        "label_column": columns["train"][2],
+        **data.columns,
         "max_seq_length": data_args.max_seq_length,
         "student_source": source,
     }
-    return PreparedRun(trainer, teacher, student, tokenizer, evaluation, collator, resume_from,
-                       teacher.config.num_labels, run_args, model_args, description)  # fmt: skip
+    return PreparedRun(trainer, teacher, student, tokenizer, evaluation, data.collator, resume_from, metrics,
+                       run_args, model_args, description)  # fmt: skip
+
+
+def _trainer(task: Task, student, teacher, training_args, data: TaskData, tokenizer, metrics: TaskMetrics):
+    """The `DistillationTrainer`; when it refuses a term the models cannot provide, the error names the flag."""
+    try:
+        return DistillationTrainer(
+            model=student, teacher_model=teacher, args=training_args, train_dataset=data.train,
+            eval_dataset=data.evaluation, processing_class=tokenizer, data_collator=data.collator,
+            compute_metrics=lambda prediction: metrics.compute(prediction.predictions, prediction.label_ids),
+            preprocess_logits_for_metrics=metrics.preprocess,
+        )  # fmt: skip
+    except ValueError as error:
+        names = [n for n in ("gamma", "relation_weight", "hidden_weight")
+                 if f"{n}=0" in str(error) and getattr(training_args, n) > 0]  # fmt: skip
+        if not names:
+            raise
+        flags = " ".join(f"--{n} 0" for n in names)
+        settings = ", ".join(f"{n}={getattr(training_args, n)}" for n in names)
+        recipe = f"--recipe {training_args.recipe}" if training_args.recipe else "the default recipe"
+        raise ValueError(
+            f"{error} On the command line add {flags} ({recipe} sets {settings}); a {task.name} model without "
+            "separate query/key/value projections, or with rotary positions (GPT-2, Llama), is distilled from its "
+            "logits alone."
+        ) from error
 
 
 def execute_run(run: PreparedRun, notes: list[str] | None = None) -> dict[str, Any]:
     """Evaluate teacher and student, distil, evaluate the student, save everything. Returns the report."""
     trainer, args = run.trainer, run.trainer.args
-    metrics = load_metrics(run.num_labels)
+    primary = run.metrics.primary
     batch = args.per_device_eval_batch_size
 
     def timed_evaluation(model: nn.Module, what: str):
         logger.info("Evaluating %s on %d examples (batch size %d)", what, len(run.eval_dataset), batch)
-        result = evaluate_classifier(model, run.eval_dataset, run.collator, metrics, batch, args.device,
-                                     latency_samples=run.run_args.latency_samples)  # fmt: skip
+        result = evaluate_model(model, run.eval_dataset, run.collator, run.metrics, batch, args.device,
+                                latency_samples=run.run_args.latency_samples)  # fmt: skip
         logger.info("%s: %s", what, {k: round(v, 4) for k, v in result.metrics.items()})
         return result
 
@@ -259,9 +263,9 @@ def execute_run(run: PreparedRun, notes: list[str] | None = None) -> dict[str, A
     if trainer.is_world_process_zero():
         output_dir = Path(args.output_dir)
         history = training_history(trainer.state.log_history)
-        plot, reason = plot_training_curves(history, output_dir / PLOT_NAME, metric="accuracy",
-                                            teacher_metric=teacher_eval.metrics["accuracy"],
-                                            student_before_metric=before_eval.metrics["accuracy"])  # fmt: skip
+        plot, reason = plot_training_curves(history, output_dir / PLOT_NAME, metric=primary,
+                                            teacher_metric=teacher_eval.metrics[primary],
+                                            student_before_metric=before_eval.metrics[primary])  # fmt: skip
         if plot is None:
             logger.warning("No %s: %s", PLOT_NAME, reason)
             report["files"][PLOT_NAME] = f"not written: {reason}"
@@ -274,10 +278,12 @@ def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval
     args = run.trainer.args
     teacher_params, student_params = count_parameters(run.teacher), count_parameters(run.trainer.model)
     t_latency, s_latency = teacher_eval.latency_ms_batch1, after_eval.latency_ms_batch1
+    primary = run.metrics.primary  # higher is better, for every task
     return {
         "title": "Distillation report",
         "notes": notes,
-        "metric": "accuracy",
+        "task": run.description["task"],
+        "metric": primary,
         "teacher": {
             "name_or_path": record.teacher_model,
             "architecture": record.teacher_architecture,
@@ -298,9 +304,9 @@ def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval
             "student_after": after_eval.to_dict(),
         },
         "comparison": compare(
-            teacher_eval.metrics["accuracy"],
-            before_eval.metrics["accuracy"],
-            after_eval.metrics["accuracy"],
+            teacher_eval.metrics[primary],
+            before_eval.metrics[primary],
+            after_eval.metrics[primary],
             teacher_params,
             student_params,
         ),  # fmt: skip
@@ -335,6 +341,6 @@ def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval
             CONFIG_NAME: "teacher, student, settings, layer map, compression, versions",
             HISTORY_NAME: "per-term training losses, eval metrics, learning rate by step",
             f"{REPORT_JSON}, {REPORT_MD}": "this comparison",
-            PLOT_NAME: "total loss, loss terms, eval accuracy, learning rate",
+            PLOT_NAME: f"total loss, loss terms, eval {primary}, learning rate",
         },
     }
