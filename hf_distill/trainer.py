@@ -236,8 +236,9 @@ class DistillationTrainer(Trainer):
         if args.alpha > 0 and mode == "train" and not tasks.has_labels(task, inputs):
             raise ValueError(
                 f"alpha={args.alpha} weights the hard-label loss, but the batch has no "
-                f"{' / '.join(task.label_names)}. Add a label column (named 'label' or 'labels') to the dataset, or "
-                "set alpha=0 to distil from the teacher alone."
+                f"{' / '.join(task.label_names)}. Add the target column(s) to the dataset ('label' is renamed "
+                "'labels'; extractive QA needs start_positions and end_positions), or set alpha=0 to distil from the "
+                "teacher alone."
             )
 
         recording = self._student_recorder.recording() if self._student_recorder else contextlib.nullcontext()
