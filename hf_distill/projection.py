@@ -3,9 +3,9 @@
 TinyBERT (Jiao et al., 2020, https://arxiv.org/abs/1909.10351, eq. 7-9) compares hidden states through learnable
 linear maps trained with the student: `MSE(H_s W_h, H_t)` for the layer outputs, with one `W_h` shared by every
 mapped layer, and `MSE(E_s W_e, E_t)` for the embedding output, with its own `W_e`. We follow the paper's equations:
-two maps, `embedding` (`W_e`) and `hidden` (`W_h`). The authors' code uses a single `fit_dense` for the embedding
-output and all layers alike; both are affine (`nn.Linear` with a bias, initialised like BERT's own linear layers:
-normal with the student's `initializer_range`, zero bias), as in that code.
+two maps, `embedding` (`W_e`) and `hidden` (`W_h`). (The authors' code applies a single `fit_dense` to the embedding
+output and to every layer.) Like that `fit_dense`, both maps are `nn.Linear` with a bias, initialised as BERT's own
+linear layers are: normal with the student's `initializer_range`, zero bias.
 
 The projection is trained by `DistillationTrainer` (its own optimizer param groups, gradients averaged over
 processes, included in gradient clipping) and saved in each `checkpoint-N/` as `PROJECTION_NAME` so a resumed run
