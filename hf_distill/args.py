@@ -47,8 +47,8 @@ class DistillationArguments(TrainingArguments):
             For each student layer, the teacher layer whose attention it learns (0-indexed). Defaults to a uniform
             map in which the last student layer matches the last teacher layer: 12 -> 6 gives [1, 3, 5, 7, 9, 11].
         hidden_weight (`float`, *optional*, defaults to `0.0`):
-            Weight of the hidden-state term (student and teacher widths must match). With `0` no hidden states are
-            kept.
+            Weight of the hidden-state term. With `0` no hidden states are kept. For `"mse"` with unequal widths
+            the student's states go through TinyBERT's learned projection (`hf_distill.projection`).
         hidden_loss (`str`, *optional*, defaults to `"mse"`):
             `"mse"`: TinyBERT/PKD-style MSE between the embedding outputs and between each student layer's output and
             its mapped teacher layer's output, averaged. `"cosine"`: DistilBERT's `1 - cos` on the last layer only.
@@ -119,7 +119,10 @@ class DistillationArguments(TrainingArguments):
     )
     hidden_weight: float | None = field(
         default=None,
-        metadata={"help": "Weight of the hidden-state term (equal widths); 0 (default) disables it."},
+        metadata={
+            "help": "Weight of the hidden-state term; 0 (default) disables it. With 'mse' and unequal widths a "
+            "learned projection (TinyBERT's W_h) maps the student to the teacher's width."
+        },
     )
     hidden_loss: str | None = field(
         default=None,

@@ -61,6 +61,7 @@ class DistillationRecord:
     attention_loss: str | None = None
     hidden_weight: float | None = None
     hidden_loss: str | None = None
+    hidden_projection: str | None = None  # TinyBERT's learned W_e / W_h when the widths differ (projection.py)
     relation_weight: float | None = None
     relation_loss: str | None = None
     relation_heads: int | None = None

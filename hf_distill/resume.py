@@ -34,6 +34,7 @@ RESUME_SETTINGS = (
     "attention_loss",
     "hidden_weight",
     "hidden_loss",
+    "hidden_projection",
     "relation_weight",
     "relation_loss",
     "relation_heads",

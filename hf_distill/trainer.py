@@ -25,6 +25,7 @@ from .attention import AttentionRecorder, ProjectionRecorder
 from .card import CARD_NAME, teacher_lineage, trainer_model_card, write_model_card
 from .guards import NonFiniteLossGuard
 from .modeling import check_teacher_layers, count_parameters, default_layer_map, num_layers
+from .projection import HiddenProjection, ZeroGradAfterStep, add_to_optimizer, average_gradients
 
 __all__ = ["DistillationTrainer", "load_teacher"]
 
@@ -103,6 +104,14 @@ class DistillationTrainer(Trainer):
             raise ValueError("`teacher_model` is the same object as `model`: pass a separate (frozen) teacher.")
         self.task = _check_tasks(model, teacher_model)
         self.layer_map = _check_pair(model, teacher_model, args)
+        widths = _projection_widths(model, teacher_model, args)  # (student, teacher) when L_hidden needs a W_h
+        if widths is not None and (kwargs.get("optimizers") or (None, None))[0] is not None:
+            raise ValueError(
+                f"hidden_weight={args.hidden_weight} with hidden sizes {widths[0]} (student) and {widths[1]} "
+                "(teacher) trains a learned projection (TinyBERT's W_h) with the student, but `optimizers` passes a "
+                "ready-made optimizer that cannot hold it. Leave `optimizers` unset and choose the optimizer with "
+                "`optim` / `optim_args` or `optimizer_cls_and_kwargs`; the projection gets its own param group."
+            )
         checks.check_models(model, teacher_model, kwargs.get("processing_class"))
         if args.teacher_cache_dir is not None:
             if self.task is not tasks.SEQUENCE_CLASSIFICATION:
@@ -115,6 +124,9 @@ class DistillationTrainer(Trainer):
 
         super().__init__(model=model, args=args, **kwargs)
 
+        self.hidden_projection = self._build_projection(model, widths) if widths is not None else None
+        if self.hidden_projection is not None:
+            self.add_callback(ZeroGradAfterStep(self.hidden_projection))
         self._teacher_num_parameters = count_parameters(teacher_model)  # before any engine shards it
         self.teacher_model = self._prepare_teacher(teacher_model)
         teacher_parameters = set(inspect.signature(self.teacher_model.forward).parameters)
@@ -209,6 +221,61 @@ class DistillationTrainer(Trainer):
         with self.args.main_process_first(desc="teacher logits cache"):
             return teacher_cache.load_or_compute_teacher_logits(self.args.teacher_cache_dir, key, parts, compute)
 
+    # ---- learned hidden-state projection (unequal widths): see hf_distill/projection.py ------------------------
+
+    def _build_projection(self, student: nn.Module, widths: tuple[int, int]) -> HiddenProjection:
+        """TinyBERT's `W_e` and `W_h`, on the student's device and dtype; refuses engines and optimizers that cannot
+        train a parameter outside the student."""
+        args, what = self.args, f"hidden sizes {widths[0]} (student) and {widths[1]} (teacher)"
+        if self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            engine = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP"
+            raise ValueError(
+                f"hidden_weight={args.hidden_weight} with {what} trains a learned projection outside the student, "
+                f"which {engine} would neither shard nor step. Train with DDP (plain torchrun) instead, or use a "
+                "student of the teacher's width (build_student keeps it), or set hidden_weight=0."
+            )
+        optim = getattr(args.optim, "value", args.optim)
+        if "layerwise" in optim or optim in ("lomo", "adalomo"):
+            raise ValueError(
+                f"optim={optim!r} updates parameters inside the backward pass of the student only, so the learned "
+                f"hidden-state projection ({what}) would never train. Choose another optim, e.g. 'adamw_torch'."
+            )
+        reference = next(student.parameters())
+        init_std = getattr(getattr(student, "config", None), "initializer_range", 0.02)
+        projection = HiddenProjection(*widths, init_std=init_std, seed=args.seed)  # same on every process
+        return projection.to(device=reference.device, dtype=reference.dtype)
+
+    def create_optimizer(self, model: nn.Module | None = None) -> torch.optim.Optimizer:
+        optimizer = super().create_optimizer(model)
+        if self.hidden_projection is not None:  # its own param groups, with the student's lr and decay rules
+            decay_names = self.get_decay_parameter_names(self.hidden_projection)
+            add_to_optimizer(optimizer, self.hidden_projection, decay_names, self.args.weight_decay)
+        return optimizer
+
+    def training_step(self, model: nn.Module, inputs: dict[str, Any], num_items_in_batch=None) -> torch.Tensor:
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if self.hidden_projection is not None and self.args.world_size > 1 and self.accelerator.sync_gradients:
+            average_gradients(self.hidden_projection)  # DDP averages only the student it wraps
+        return loss
+
+    def _trained_parameters(self, model: nn.Module) -> list[nn.Parameter]:
+        return [*model.parameters(), *self.hidden_projection.parameters()]
+
+    def _clip_grad_norm(self, model: nn.Module):
+        if self.hidden_projection is None:
+            return super()._clip_grad_norm(model)
+        return self.accelerator.clip_grad_norm_(self._trained_parameters(model), self.args.max_grad_norm)
+
+    def _get_grad_norm(self, model: nn.Module, grad_norm=None):
+        if grad_norm is None and self.hidden_projection is not None:  # the logged norm covers the projection too
+            grad_norm = self.accelerator.clip_grad_norm_(self._trained_parameters(model), float("inf"))
+        return super()._get_grad_norm(model, grad_norm)
+
+    def _save_optimizer_and_scheduler(self, output_dir: str) -> None:
+        super()._save_optimizer_and_scheduler(output_dir)
+        if self.hidden_projection is not None and self.args.should_save:  # checkpoints only, before trainer_state
+            self.hidden_projection.save(output_dir)
+
     # ---- loss ------------------------------------------------------------------------------------------------
 
     def compute_loss(
@@ -302,13 +369,15 @@ class DistillationTrainer(Trainer):
     def _hidden_loss(self, student_states: tuple, teacher_states: tuple, attention_mask: torch.Tensor | None):
         """Per-example hidden-state loss: `mse` over embeddings and mapped layers (averaged), or `cosine` on the last.
 
-        `hidden_states[0]` is the embedding output and `hidden_states[i + 1]` the output of layer `i`.
+        `hidden_states[0]` is the embedding output and `hidden_states[i + 1]` the output of layer `i`. With unequal
+        widths the student's states go through `self.hidden_projection` first (TinyBERT's `W_e`, `W_h`).
         """
         if self.args.hidden_loss == "cosine":
             return losses.hidden_cosine_loss(student_states[-1], teacher_states[-1], attention_mask, reduction="none")
         pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(self.layer_map)]
+        project = self.hidden_projection if self.hidden_projection is not None else (lambda states, layer: states)
         per_layer = [
-            losses.hidden_mse_loss(student_states[s], teacher_states[t], attention_mask, reduction="none")
+            losses.hidden_mse_loss(project(student_states[s], s), teacher_states[t], attention_mask, reduction="none")
             for s, t in pairs
         ]
         return torch.stack(per_layer).mean(dim=0)  # (B,)
@@ -391,6 +460,8 @@ class DistillationTrainer(Trainer):
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
         resume_from_checkpoint = checks.before_train(self, resume_from_checkpoint)  # data, checkpoint, settings
+        if resume_from_checkpoint is not None and self.hidden_projection is not None:
+            self.hidden_projection.load(resume_from_checkpoint)  # the optimizer state follows in Trainer.train
         self._prior_training_seconds = _recorded_training_seconds(resume_from_checkpoint, self.args.output_dir)
         self._train_started, self._train_finished = time.monotonic(), None
         try:
@@ -417,6 +488,7 @@ class DistillationTrainer(Trainer):
             compression_ratio=round(self._teacher_num_parameters / student_params, 4),
             student_layers_from_teacher=getattr(student.config, "distillation_teacher_layers", None),
             **args.distillation_settings() | {"layer_map": self.layer_map},
+            hidden_projection=self.hidden_projection.describe() if self.hidden_projection is not None else None,
             learning_rate=args.learning_rate,
             per_device_train_batch_size=args.per_device_train_batch_size,
             gradient_accumulation_steps=args.gradient_accumulation_steps,
@@ -493,16 +565,31 @@ def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArgume
             "input_ids, so they need the same tokenizer. Build the student from the teacher (build_student)."
         )
     s_width, t_width = getattr(s_config, "hidden_size", None), getattr(t_config, "hidden_size", None)
-    if args.hidden_weight > 0 and s_width != t_width:
+    if args.hidden_weight > 0 and args.hidden_loss == "cosine" and s_width != t_width:
         raise ValueError(
-            f"hidden_weight={args.hidden_weight} compares hidden states directly, but the student's hidden_size is "
-            f"{s_width} and the teacher's {t_width}. Use a student of the teacher's width (build_student keeps it), "
-            "or set hidden_weight=0 and rely on beta (logits) and gamma (attention maps, any width)."
+            f"hidden_loss='cosine' (DistilBERT) compares hidden states directly, but the student's hidden_size is "
+            f"{s_width} and the teacher's {t_width}. Use hidden_loss='mse', which learns a projection (TinyBERT's "
+            "W_h) for unequal widths, or a student of the teacher's width (build_student keeps it), or set "
+            f"hidden_weight=0 (now {args.hidden_weight})."
         )
     student_layers, teacher_layers = num_layers(student), num_layers(teacher)
     layer_map = args.layer_map if args.layer_map is not None else default_layer_map(student_layers, teacher_layers)
     check_teacher_layers("layer_map", layer_map, student_layers, teacher_layers)
     return list(layer_map)
+
+
+def _projection_widths(student: nn.Module, teacher: nn.Module, args: DistillationArguments) -> tuple[int, int] | None:
+    """`(student, teacher)` hidden sizes when the MSE hidden-state term needs a learned projection, else None."""
+    s_width = getattr(getattr(student, "config", None), "hidden_size", None)
+    t_width = getattr(getattr(teacher, "config", None), "hidden_size", None)
+    if args.hidden_weight > 0 and args.hidden_loss == "mse" and s_width != t_width:
+        if s_width is None or t_width is None:
+            raise ValueError(
+                f"hidden_weight={args.hidden_weight} needs both models' config.hidden_size to size the hidden-state "
+                f"projection, but the student's is {s_width} and the teacher's {t_width}. Set hidden_weight=0."
+            )
+        return s_width, t_width
+    return None
 
 
 def _check_heads(args: DistillationArguments, student: AttentionRecorder, teacher: AttentionRecorder) -> None:

@@ -50,6 +50,10 @@ SETTINGS = {
     "zero2": dict(alpha=0.3, beta=0.6, gamma=2.0, gradient_accumulation_steps=2, max_steps=2, deepspeed=_deepspeed(2)),
     "zero3": dict(alpha=0.3, beta=0.6, gamma=2.0, gradient_accumulation_steps=2, max_steps=2, deepspeed=_deepspeed(3),
                   teacher_from_path=True),
+    # a student narrower than the teacher with the MSE hidden-state term: TinyBERT's learned projection, which lives
+    # outside the DDP-wrapped student, so the trainer averages its gradients itself (projection.py).
+    "projection": dict(alpha=0.3, beta=0.6, gamma=0.0, hidden_weight=2.0, gradient_accumulation_steps=2, max_steps=2,
+                       student_hidden=16),
     # FSDP2 (needs CUDA): the teacher is sharded with fully_shard like the student.
     "fsdp2": dict(alpha=0.3, beta=0.6, gamma=2.0, gradient_accumulation_steps=2, max_steps=2, fsdp=True,
                   fsdp_config=str(EXAMPLES / "fsdp2.json")),
@@ -66,6 +70,7 @@ def train_once(name: str, out: Path, world_size: int, engine: bool = True) -> Di
     if not engine:
         settings = {k: v for k, v in settings.items() if k not in ENGINE_ONLY}
     teacher_from_path = settings.pop("teacher_from_path", False)
+    student_hidden = settings.pop("student_hidden", 32)
     accumulation = settings["gradient_accumulation_steps"]
     args = DistillationArguments(
         output_dir=str(out / name), per_device_train_batch_size=GLOBAL_BATCH // (accumulation * world_size),
@@ -87,7 +92,8 @@ def train_once(name: str, out: Path, world_size: int, engine: bool = True) -> Di
         state.wait_for_everyone()
         teacher = str(path)
     trainer = DistillationTrainer(
-        model=tiny_bert(2, seed=2, **NO_DROPOUT), teacher_model=teacher, args=args, data_collator=pad_collator,
+        model=tiny_bert(2, hidden=student_hidden, seed=2, **NO_DROPOUT), teacher_model=teacher, args=args,
+        data_collator=pad_collator,
         train_dataset=Dataset.from_dict(random_rows(16, seed=3, max_len=14)),
         eval_dataset=Dataset.from_dict(random_rows(7, seed=4, max_len=14)),
     )  # fmt: skip
@@ -200,6 +206,9 @@ def main(out: Path, names: list[str]) -> None:
             from safetensors.torch import load_file
 
             torch.save(load_file(out / name / "model.safetensors"), out / f"{name}-student.pt")
+        if trainer.hidden_projection is not None:  # every rank: they must agree
+            state = {k: v.detach().cpu() for k, v in trainer.hidden_projection.state_dict().items()}
+            torch.save(state, out / f"{name}-projection-rank{trainer.args.process_index}.pt")
         trainer.accelerator.wait_for_everyone()
 
 

@@ -70,10 +70,14 @@ def test_hidden_weight_zero_keeps_no_hidden_states(tmp_path, teacher, student, m
     assert "loss_hidden" not in trainer._pop_term_means("train")
 
 
-def test_different_widths_are_refused_before_training(tmp_path):
+def test_different_widths_learn_a_projection_for_mse_and_are_refused_for_cosine(tmp_path):
+    """MSE goes through TinyBERT's learned W_e / W_h (tests/test_hidden_projection.py); cosine needs equal widths."""
     teacher, student = tiny_bert(4, hidden=32, seed=1), tiny_bert(2, hidden=16, heads=2, seed=2)
-    with pytest.raises(ValueError, match=r"hidden_weight=1.0 .*hidden_size is 16 and the teacher's 32"):
-        DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path, hidden_weight=1.0))
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=make_args(tmp_path, hidden_weight=1.0))
+    assert trainer.hidden_projection.hidden.weight.shape == (32, 16)
+    args = make_args(tmp_path, hidden_weight=1.0, hidden_loss="cosine")
+    with pytest.raises(ValueError, match=r"hidden_loss='cosine' .*hidden_size is 16 and the teacher's 32"):
+        DistillationTrainer(model=student, teacher_model=teacher, args=args)
 
 
 @pytest.mark.parametrize(
