@@ -280,11 +280,13 @@ def _loss(r: DistillationRecord) -> str:
     }.get(r.attention_loss, "MSE between head-averaged attention maps")
     hidden = ""
     if r.hidden_weight:
+        projection = (
+            f" The student's states go through a learned projection ({r.hidden_projection}), trained with the "
+            "student and not part of this model."
+        )
         hidden = (
             " L_hidden is the MSE between the embedding outputs and between each student layer's output and its "
-            "mapped teacher layer's output, averaged (TinyBERT/PKD)."
-            + (f" The student's states go through a learned projection ({r.hidden_projection}), trained with the "
-               "student and not part of this model." if r.hidden_projection else "")  # fmt: skip
+            "mapped teacher layer's output, averaged (TinyBERT/PKD)." + (projection if r.hidden_projection else "")
             if r.hidden_loss == "mse"
             else " L_hidden is 1 - cosine similarity of the last layer's hidden states (DistilBERT)."
         )
