@@ -55,9 +55,9 @@ _TASK_BY_SUFFIX = (
 )
 # What a lineage step keeps of the teacher's own record (plus `model`, the teacher's path).
 _LINEAGE_KEYS = (
-    "teacher_model student_architecture student_num_parameters student_num_layers teacher_num_parameters recipe "
+    "teacher_model student_architecture task student_num_parameters student_num_layers teacher_num_parameters recipe "
     "compression_ratio student_layers_from_teacher temperature alpha beta gamma attention_loss hidden_weight "
-    "hidden_loss relation_weight relation_loss relation_heads layer_map"
+    "hidden_loss hidden_projection relation_weight relation_loss relation_heads layer_map"
 ).split()
 _CITATION = """```bibtex
 @article{hinton2015distilling,
@@ -140,7 +140,20 @@ def load_report(directory: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(report, dict):
         logger.warning("Ignoring %s for the model card: expected a JSON object, got %s.", file, type(report).__name__)
         return {}
-    return report
+    return _flatten_command_report(report)
+
+
+def _flatten_command_report(report: dict[str, Any]) -> dict[str, Any]:
+    """The `hf-distill` command's `report.json` (`evaluation.<model>.metrics`, `speed`) in the flat keys above."""
+    evaluation, speed = report.get("evaluation"), report.get("speed")
+    if not isinstance(evaluation, dict):
+        return report
+    flat = {key: (evaluation.get(key) or {}).get("metrics") for key, _ in _REPORT_ROWS if key in evaluation}
+    flat["metric"] = report.get("metric")
+    if isinstance(speed, dict):
+        flat["speedup"] = speed.get("latency_speedup")
+        flat["latency"] = {k: speed.get(k) for k in ("device", "batch_size", "latency_samples") if k in speed}
+    return {**report, **{k: v for k, v in flat.items() if v is not None}}
 
 
 def _number(value: Any) -> float | None:
@@ -205,15 +218,16 @@ def _results(report: dict[str, Any], eval_metrics: dict[str, float]) -> str:
     rows = [(label, _metrics(report.get(key))) for key, label in _REPORT_ROWS if _metrics(report.get(key))]
     parts = ["## Results"]
     if rows:
-        names = sorted({name for _, m in rows for name in m}, key=lambda n: (n != "accuracy", n))
+        primary = report.get("metric") if isinstance(report.get("metric"), str) else "accuracy"  # higher is better
+        names = sorted({name for _, m in rows for name in m}, key=lambda n: (n != primary, n))
         parts.append(_table(["Model", *names], [[label, *(m.get(n) for n in names)] for label, m in rows]))
-        teacher, before, after = (_metrics(report.get(k)).get("accuracy") for k, _ in _REPORT_ROWS)
+        teacher, before, after = (_metrics(report.get(k)).get(primary) for k, _ in _REPORT_ROWS)
         if teacher and after is not None:
-            parts.append(f"The student keeps {100 * after / teacher:.1f} % of the teacher's accuracy.")
+            parts.append(f"The student keeps {100 * after / teacher:.1f} % of the teacher's {primary}.")
         if teacher is not None and before is not None and after is not None and teacher != before:
             gap = 100 * (after - before) / (teacher - before)
             parts.append(
-                f"Distillation closed {gap:.1f} % of the accuracy gap between the initial student and teacher."
+                f"Distillation closed {gap:.1f} % of the {primary} gap between the initial student and teacher."
             )
     elif eval_metrics:
         lines = "\n".join(f"- {name}: {_fmt(value)}" for name, value in eval_metrics.items())

@@ -270,6 +270,7 @@ def execute_run(run: PreparedRun, notes: list[str] | None = None) -> dict[str, A
             logger.warning("No %s: %s", PLOT_NAME, reason)
             report["files"][PLOT_NAME] = f"not written: {reason}"
         write_report(output_dir, report)
+        trainer.create_model_card()  # again, now with the report's results and speed-up
         logger.info("Wrote the student, %s and %s to %s", REPORT_JSON, REPORT_MD, os.path.abspath(output_dir))
     return report
 

@@ -179,6 +179,9 @@ def test_end_to_end_outputs_exist_and_agree(assets, tmp_path, capsys):
     markdown = (out / "report.md").read_text()
     assert f"| accuracy | {teacher_acc:.4f} | {before_acc['accuracy']:.4f} | {after_acc:.4f} |" in markdown
     assert run_cli.out.endswith(markdown)  # the command prints the report last
+    card = (out / "README.md").read_text()  # the model card, rewritten once the report exists
+    assert f"keeps {100 * after_acc / teacher_acc:.1f} % of the teacher's accuracy" in card
+    assert f"**{report['speed']['latency_speedup']:.2f}x**" in card
     # ... and with models reloaded from disk and evaluated independently
     assert teacher_acc == pytest.approx(reference_accuracy(assets["teacher"], assets["teacher"], assets["dev"]))
     assert after_acc == pytest.approx(reference_accuracy(out, out, assets["dev"]))

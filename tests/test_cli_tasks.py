@@ -293,6 +293,10 @@ def test_question_answering_end_to_end(assets, tmp_path, capsys):
         metrics = report["evaluation"][row]["metrics"]
         assert metrics["exact_match"] == pytest.approx(exact / len(rows))
         assert metrics["f1"] == pytest.approx(f1 / len(rows))
+    # the model card, rewritten after the report, shows the results in the task's metric
+    card = (out / "README.md").read_text()
+    teacher_f1, after_f1 = (report["evaluation"][k]["metrics"]["f1"] for k in ("teacher", "student_after"))
+    assert "## Results" in card and f"keeps {100 * after_f1 / teacher_f1:.1f} % of the teacher's f1" in card
 
 
 def test_masked_lm_end_to_end(assets, tmp_path, capsys):
