@@ -5,7 +5,15 @@ import math
 import pytest
 import torch
 
-from hf_distill.losses import attention_score_mse_loss, hidden_cosine_loss, hidden_mse_loss, relation_kl_loss
+from hf_distill.losses import (
+    attention_score_mse_loss,
+    hidden_cosine_loss,
+    hidden_mse_loss,
+    position_soft_label_loss,
+    relation_kl_loss,
+    token_hard_label_loss,
+    token_soft_label_loss,
+)
 
 
 def _mask(lengths, length):
@@ -85,3 +93,39 @@ def test_hidden_cosine_hand_computed():
     assert hidden_cosine_loss(student, teacher).item() == pytest.approx(0.5, abs=1e-6)
     with pytest.raises(ValueError, match="equal widths"):
         hidden_cosine_loss(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4))
+
+
+# ---- token- and position-level outputs -----------------------------------------------------------------------
+
+
+def test_token_hard_label_loss_hand_computed_is_per_token():
+    # example 0: two labelled tokens with uniform logits over 2 classes (ln 2 each); example 1: one labelled token
+    # whose logits [ln 3, 0] give p(class 0) = 3/4
+    logits = torch.tensor([[[0.0, 0.0], [0.0, 0.0], [5.0, 5.0]], [[math.log(3), 0.0], [1.0, 2.0], [0.0, 0.0]]])
+    labels = torch.tensor([[0, 1, -100], [0, -100, -100]])
+    expected = (2 * math.log(2) + -math.log(3 / 4)) / 3  # per token; per sequence would be (ln 2 + ln 4/3) / 2
+    assert token_hard_label_loss(logits, labels).item() == pytest.approx(expected, rel=1e-6)
+    per_token = token_hard_label_loss(logits, labels, reduction="none")
+    assert per_token.shape == (2, 3) and per_token[0, 2] == 0 and per_token[1, 1] == 0
+
+
+def test_token_soft_label_loss_hand_computed_at_masked_positions_only():
+    T = 2.0
+    # one distilled token: student logits [0, 0] (uniform), teacher [2 ln 3, 0] -> softmax(t / T) = [3/4, 1/4]
+    student = torch.tensor([[[0.0, 0.0], [9.0, -9.0]]])
+    teacher = torch.tensor([[[2 * math.log(3), 0.0], [-9.0, 9.0]]])
+    mask = torch.tensor([[True, False]])  # the second position disagrees wildly but is not distilled
+    expected = T * T * _kl([0.75, 0.25], [0.5, 0.5])
+    assert token_soft_label_loss(student, teacher, mask, T).item() == pytest.approx(expected, rel=1e-6)
+    both = token_soft_label_loss(student, teacher, torch.tensor([[True, True]]), T)
+    second = T * T * _kl(_softmax([-4.5, 4.5]), _softmax([4.5, -4.5]))
+    assert both.item() == pytest.approx((expected + second) / 2, rel=1e-5)  # divided by tokens
+
+
+def test_position_soft_label_loss_hand_computed_drops_padded_positions():
+    T = 1.0
+    student = torch.tensor([[0.0, 0.0, 100.0]])  # the padded third position would dominate an unmasked softmax
+    teacher = torch.tensor([[math.log(3), 0.0, -100.0]])
+    mask = torch.tensor([[1, 1, 0]])
+    expected = _kl([0.75, 0.25], [0.5, 0.5])
+    assert position_soft_label_loss(student, teacher, mask, T).item() == pytest.approx(expected, rel=1e-6)
