@@ -399,9 +399,9 @@ class DistillationTrainer(Trainer):
         """Fetch the batches of one optimizer step and count, across all processes, their examples and their loss
         units (the same for sequence-level tasks; the distilled tokens for token-level ones): a `(2,)` tensor."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        examples = sum(_batch_size(b) for b in batch_samples)
-        units = sum(int(tasks.units_per_example(self.task, b).sum()) for b in batch_samples)
-        count = torch.tensor([examples, units], device=device)
+        examples = torch.tensor(sum(_batch_size(b) for b in batch_samples), device=device)
+        units = sum(tasks.units_per_example(self.task, b).sum().to(device) for b in batch_samples)  # no host sync
+        count = torch.stack([examples, torch.as_tensor(units, device=device)])
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count[None]).sum(dim=0)
         return batch_samples, count
