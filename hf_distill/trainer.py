@@ -546,6 +546,17 @@ def _check_tasks(student: nn.Module, teacher: nn.Module) -> tasks.Task:
             f"the student is a {type(student).__name__} ({task.name}) but the teacher a {type(teacher).__name__} "
             f"({teacher_task.name}): both need the same task head. Load the teacher with {task.auto_class}."
         )
+    if task is tasks.SEQUENCE_CLASSIFICATION:  # the losses are softmax cross-entropy and softmax KL
+        for who, model in (("student", student), ("teacher", teacher)):
+            config = getattr(model, "config", None)
+            problem = getattr(config, "problem_type", None)
+            if getattr(config, "num_labels", 2) == 1 or problem in ("regression", "multi_label_classification"):
+                raise ValueError(
+                    f"the {who} is set up for {problem or 'regression'} (num_labels={config.num_labels}, "
+                    f"problem_type={problem!r}); hf-distill distils single-label classification, whose loss terms "
+                    "are softmax cross-entropy and softmax KL. Give both models num_labels >= 2 and "
+                    "problem_type='single_label_classification' (or None)."
+                )
     return task
 
 
