@@ -54,6 +54,10 @@ SETTINGS = {
     # outside the DDP-wrapped student, so the trainer averages its gradients itself (projection.py).
     "projection": dict(alpha=0.3, beta=0.6, gamma=0.0, hidden_weight=2.0, gradient_accumulation_steps=2, max_steps=2,
                        student_hidden=16),
+    # token classification: the loss unit is the labelled token, and the two ranks' micro-batches hold different
+    # numbers of them, so only a token count gathered over all processes gives the 1-process update.
+    "tokens": dict(alpha=0.3, beta=0.6, gamma=2.0, temperature=2.0, gradient_accumulation_steps=2, max_steps=2,
+                   token_classification=True, eval_strategy="steps", eval_steps=2),
     # FSDP2 (needs CUDA): the teacher is sharded with fully_shard like the student.
     "fsdp2": dict(alpha=0.3, beta=0.6, gamma=2.0, gradient_accumulation_steps=2, max_steps=2, fsdp=True,
                   fsdp_config=str(EXAMPLES / "fsdp2.json")),
@@ -71,6 +75,7 @@ def train_once(name: str, out: Path, world_size: int, engine: bool = True) -> Di
         settings = {k: v for k, v in settings.items() if k not in ENGINE_ONLY}
     teacher_from_path = settings.pop("teacher_from_path", False)
     student_hidden = settings.pop("student_hidden", 32)
+    tokens = settings.pop("token_classification", False)
     accumulation = settings["gradient_accumulation_steps"]
     args = DistillationArguments(
         output_dir=str(out / name), per_device_train_batch_size=GLOBAL_BATCH // (accumulation * world_size),
@@ -85,6 +90,11 @@ def train_once(name: str, out: Path, world_size: int, engine: bool = True) -> Di
 
         deepspeed.init_distributed(dist_backend="gloo")
     teacher = tiny_bert(4, seed=1, **NO_DROPOUT)
+    student = tiny_bert(2, hidden=student_hidden, seed=2, **NO_DROPOUT)
+    collator, train, evaluation = pad_collator, random_rows(16, seed=3, max_len=14), random_rows(7, seed=4, max_len=14)
+    if tokens:  # the same weights under a token-classification head (no pooler), one label per token, some -100
+        teacher, student = (_as_token_classifier(m) for m in (teacher, student))
+        collator, train, evaluation = _pad_token_labels, _token_labels(train), _token_labels(evaluation)
     if teacher_from_path:
         state, path = PartialState(), out / f"{name}-teacher"
         if state.is_main_process:
@@ -92,14 +102,34 @@ def train_once(name: str, out: Path, world_size: int, engine: bool = True) -> Di
         state.wait_for_everyone()
         teacher = str(path)
     trainer = DistillationTrainer(
-        model=tiny_bert(2, hidden=student_hidden, seed=2, **NO_DROPOUT), teacher_model=teacher, args=args,
-        data_collator=pad_collator,
-        train_dataset=Dataset.from_dict(random_rows(16, seed=3, max_len=14)),
-        eval_dataset=Dataset.from_dict(random_rows(7, seed=4, max_len=14)),
+        model=student, teacher_model=teacher, args=args, data_collator=collator,
+        train_dataset=Dataset.from_dict(train), eval_dataset=Dataset.from_dict(evaluation),
     )  # fmt: skip
     trainer.train()
     trainer.save_model()
     return trainer
+
+
+def _as_token_classifier(model: torch.nn.Module) -> torch.nn.Module:
+    from transformers import BertForTokenClassification
+
+    token_model = BertForTokenClassification(model.config)
+    token_model.load_state_dict(model.state_dict(), strict=False)  # all but the pooler
+    return token_model
+
+
+def _token_labels(rows: dict[str, list]) -> dict[str, list]:
+    """A label per token from its id (learnable), -100 on the first token and on every third one."""
+    ids = rows["input_ids"]
+    labels = [[-100 if i == 0 or i % 3 == 2 else token % 2 for i, token in enumerate(row)] for row in ids]
+    return {"input_ids": ids, "labels": labels}
+
+
+def _pad_token_labels(features: list[dict]) -> dict[str, torch.Tensor]:
+    batch = pad_collator([{"input_ids": f["input_ids"]} for f in features])
+    length = batch["input_ids"].shape[1]
+    batch["labels"] = torch.tensor([f["labels"] + [-100] * (length - len(f["labels"])) for f in features])
+    return batch
 
 
 def _teacher_report(trainer: DistillationTrainer) -> dict:

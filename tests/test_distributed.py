@@ -83,18 +83,19 @@ def assert_same_run(name, report, student_file, reference_dir, rtol=1e-5, atol=1
 def torchrun_ranks(tmp_path_factory):
     """One torchrun launch (2 processes, gloo) for the DDP runs and the FSDP2 teacher check."""
     out = tmp_path_factory.mktemp("torchrun")
-    return out, launch(TORCHRUN, out, ["full", "attention_only", "fsdp2_teacher"])
+    return out, launch(TORCHRUN, out, ["full", "attention_only", "tokens", "fsdp2_teacher"])
 
 
 @pytest.mark.slow
 def test_torchrun_two_processes_match_one_process(torchrun_ranks, reference_dir):
     tmp_path, ranks = torchrun_ranks
-    for name in ("full", "attention_only"):
+    for name in ("full", "attention_only", "tokens"):
+        head = "BertForTokenClassification" if name == "tokens" else "BertForSequenceClassification"
         for reports in ranks:
             report = reports[name]
             assert (report["world_size"], report["backend"]) == (2, "gloo")
-            assert report["teacher_class"] == "BertForSequenceClassification" and not report["teacher_is_ddp"]
-            assert report["runner_class"] == "BertForSequenceClassification"  # the teacher itself runs forward
+            assert report["teacher_class"] == head and not report["teacher_is_ddp"]
+            assert report["runner_class"] == head  # the teacher itself runs forward
             assert report["teacher_frozen"] and report["teacher_device"] == "cpu"
             assert report["student_wrapped_class"] == "DistributedDataParallel"
             assert_same_run(name, report, tmp_path / f"{name}-student.pt", reference_dir)
