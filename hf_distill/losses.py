@@ -342,8 +342,10 @@ def token_soft_label_loss(
     """Hinton's soft-label loss at every distilled position: `T^2 * KL(softmax(t / T) || softmax(s / T))`.
 
     Only the positions where `mask` is true are computed (the softmax over a large vocabulary runs on those rows
-    alone), and `"mean"` divides by their number: the loss is per token, so it does not grow with sequence length
-    or shrink with padding (`kl_div(reduction="batchmean")` on `(B, T, V)` divides by `B` only).
+    alone, a chunk of rows at a time in forward and backward, so the extra memory stays bounded whatever the
+    number of tokens), and `"mean"` divides by their number: the loss is per token, so it does not grow with
+    sequence length or shrink with padding (`kl_div(reduction="batchmean")` on `(B, T, V)` divides by `B` only).
+    The teacher's logits get no gradient.
 
     Args:
         student_logits (`torch.Tensor` of shape `(B, T, V)`): student logits.
@@ -361,12 +363,54 @@ def token_soft_label_loss(
         )
     mask = mask.to(student_logits.device).bool()
     per_token = torch.zeros(mask.shape, dtype=torch.float32, device=student_logits.device)  # (B, T)
-    per_token = per_token.masked_scatter(
-        mask, soft_label_loss(student_logits[mask], teacher_logits[mask], temperature, reduction="none")
-    )
+    rows = _ChunkedSoftLabelLoss.apply(student_logits[mask], teacher_logits[mask].detach(), float(temperature))
+    per_token = per_token.masked_scatter(mask, rows)
     if reduction == "mean":
         return per_token.sum() / mask.sum().clamp_min(1)
     return per_token if reduction == "none" else _reduce(per_token, reduction)
+
+
+_CHUNK_ELEMENTS = 1 << 24  # float32 elements per chunk of rows (64 MiB): the bound on the extra memory
+
+
+class _ChunkedSoftLabelLoss(torch.autograd.Function):
+    """Row-wise `T^2 * KL(softmax(t / T) || softmax(s / T))` of `(N, V)` logits, computed a chunk of rows at a time.
+
+    Token-level KD over a large vocabulary would otherwise hold several float32 `(N, V)` tensors (both
+    log-softmaxes, the teacher's probabilities, their product) and keep some for the backward pass. Here the
+    forward keeps nothing but its inputs, and the backward recomputes each chunk's softmaxes and writes the
+    gradient `T * (softmax(s / T) - softmax(t / T))` straight into the student's logits' dtype, so the extra memory
+    is one chunk, whatever `N`. The teacher's logits get no gradient.
+    """
+
+    @staticmethod
+    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
+        ctx.save_for_backward(student, teacher)
+        ctx.temperature = temperature
+        values = torch.empty(student.shape[0], dtype=torch.float32, device=student.device)
+        for rows in _row_chunks(student):
+            student_log = (student[rows].float() / temperature).log_softmax(dim=-1)
+            teacher_log = (teacher[rows].float() / temperature).log_softmax(dim=-1)
+            values[rows] = (teacher_log.exp() * (teacher_log - student_log)).sum(dim=-1) * temperature**2
+        return values
+
+    @staticmethod
+    def backward(ctx, grad_values: torch.Tensor):
+        student, teacher = ctx.saved_tensors
+        temperature = ctx.temperature
+        grad = torch.empty_like(student)
+        for rows in _row_chunks(student):
+            student_probs = (student[rows].float() / temperature).softmax(dim=-1)
+            teacher_probs = (teacher[rows].float() / temperature).softmax(dim=-1)
+            scale = grad_values[rows, None].float() * temperature
+            grad[rows] = (scale * (student_probs - teacher_probs)).to(grad.dtype)
+        return grad, None, None
+
+
+def _row_chunks(logits: torch.Tensor):
+    step = max(1, _CHUNK_ELEMENTS // max(1, logits.shape[-1]))
+    for start in range(0, logits.shape[0], step):
+        yield slice(start, start + step)
 
 
 def position_soft_label_loss(
