@@ -200,7 +200,8 @@ def prepare_run(
         "description": data_description or default_description,
         "task": "sentence-pair" if pair else task.name,
         "num_train": len(train),
-        "num_eval": len(evaluation),
+        "num_eval": len(evaluation) if data.references is None else data.references.num_examples,
+        **({} if data.references is None else {"num_eval_features": len(evaluation)}),  # QA: windows of long contexts
         **data.columns,
         "max_seq_length": data_args.max_seq_length,
         "student_source": source,
