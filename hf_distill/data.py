@@ -58,6 +58,12 @@ class DataArguments:
     max_seq_length: int = field(
         default=128, metadata={"help": "Longer inputs are truncated to this many tokens; padding is per batch."}
     )
+    doc_stride: int = field(
+        default=128,
+        metadata={"help": "Question answering: a context longer than --max_seq_length is split into windows that "
+                  "overlap by this many tokens (as transformers' run_qa.py). Must be less than --max_seq_length "
+                  "minus the question's tokens."},
+    )  # fmt: skip
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training examples (for quick runs)."}
     )
@@ -91,6 +97,10 @@ class DataArguments:
                 )
             if not Path(value).is_file():
                 raise FileNotFoundError(f"--{name}={value!r}: no such file.")
+        if self.doc_stride < 0:
+            raise ValueError(
+                f"--doc_stride must be >= 0 (tokens shared by consecutive windows), got {self.doc_stride}."
+            )
         for name in ("max_seq_length", "max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:

@@ -153,7 +153,9 @@ def evaluate_model(
     Predictions go through `metrics.preprocess` batch by batch and are gathered (padded with -100) exactly as
     `Trainer.evaluate` gathers them, so both compute the same numbers. Throughput: every batch of `batch_size` is
     timed after one untimed warm-up batch. Latency: the median time of a forward pass on single examples (the first
-    `latency_samples` rows, unpadded). Each model is timed on its own, one after the other, on `device`.
+    `latency_samples` rows, unpadded). For question answering a long context is several rows (features, one per
+    window); `num_examples` and `examples_per_second` then count examples (questions answered), not features. Each
+    model is timed on its own, one after the other, on `device`.
     """
     device = torch.device(device)
     was_training = model.training
@@ -189,6 +191,8 @@ def evaluate_model(
         if index >= 0:
             latencies.append(time.perf_counter() - start)
     model.train(was_training)
+    if metrics.references is not None:  # question answering: a long context is several features, one example
+        count = metrics.references.num_examples
     return EvaluationResult(
         metrics=metrics.compute(nested_numpify(predictions), nested_numpify(references)),
         num_examples=count,

@@ -5,7 +5,7 @@
 | `sequence-classification` | `sentence`/`text`, `label` | `DataCollatorWithPadding` |
 | `sentence-pair` | `sentence1`/`sentence2`, `question`/`sentence` or `premise`/`hypothesis`; `label` | same |
 | `token-classification` | `tokens` (word lists), `ner_tags`/`labels`/`label` (per word) | `...TokenClassification` |
-| `question-answering` | `question`, `context`, `answers` (SQuAD) | `DataCollatorWithPadding` |
+| `question-answering` | `question`, `context`, `answers` (SQuAD); a long context in windows | `...WithPadding` |
 | `masked-lm` | `sentence`/`text` | `DataCollatorForLanguageModeling`; the evaluation set masked once |
 | `causal-lm` | `sentence`/`text` | `DataCollatorForLanguageModeling(mlm=False)` |
 
@@ -230,7 +230,7 @@ def _encode_words(words: list[list[str]], word_labels: list[list[int]], tokenize
     return Dataset.from_dict({**encoding, "labels": labels})
 
 
-# ---- question answering (one feature per example: long contexts are truncated, no document stride) ----------------
+# ---- question answering (a long context is several overlapping features, as transformers' run_qa.py) -----------
 
 
 def _answers(cell: Any, context: str, split: str, row: int, column: str) -> tuple[list[str], list[int]]:
@@ -255,7 +255,39 @@ def _answers(cell: Any, context: str, split: str, row: int, column: str) -> tupl
     return [str(t) for t in texts], starts
 
 
+def _stride(questions: list[str], contexts: list[str], tokenizer, args: DataArguments, split: str) -> int:
+    """`--doc_stride` when some row needs several windows, else 0 (no row overflows, so it changes nothing, and the
+    tokenizer refuses a stride over its max length even then). Refuses a stride that leaves a window no room to move
+    forward."""
+    question_ids = tokenizer(questions, add_special_tokens=False)["input_ids"]
+    context_ids = tokenizer(contexts, add_special_tokens=False)["input_ids"]
+    special = tokenizer.num_special_tokens_to_add(pair=True)
+    overflowing = [(args.max_seq_length - len(q) - special, row)  # (context tokens per window, row)
+                   for row, (q, c) in enumerate(zip(question_ids, context_ids))
+                   if len(q) + len(c) + special > args.max_seq_length]  # fmt: skip
+    if not overflowing:
+        return 0
+    room, row = min(overflowing)
+    if room < 1:
+        raise ValueError(
+            f"the {split} data's row {row} has a question of {len(question_ids[row])} tokens, which leaves no room "
+            f"for its context in --max_seq_length={args.max_seq_length} tokens: raise --max_seq_length."
+        )
+    if args.doc_stride >= room:
+        raise ValueError(
+            f"--doc_stride={args.doc_stride} is too large: the {split} data's row {row} has a context longer than "
+            f"--max_seq_length={args.max_seq_length} allows, and its question ({len(question_ids[row])} tokens, "
+            f"plus {special} special tokens) leaves {room} context tokens per window, so windows overlapping by "
+            f"{args.doc_stride} tokens would never move forward. Pass --doc_stride below {room} (e.g. "
+            f"--doc_stride {room // 2}), or raise --max_seq_length."
+        )
+    return args.doc_stride
+
+
 def _question_answering(splits, args: DataArguments, tokenizer, config, pair: bool) -> TaskData:
+    """One feature per window: `return_overflowing_tokens` with `stride=--doc_stride`, as run_qa.py's
+    `prepare_train_features`; each feature is labelled with the answer's tokens when it holds the whole answer,
+    else with CLS (0). `references` maps the evaluation features back to their examples."""
     from transformers import DataCollatorWithPadding
 
     encoded, references = {}, None
@@ -267,23 +299,27 @@ def _question_answering(splits, args: DataArguments, tokenizer, config, pair: bo
         answers = [_answers(cell, contexts[row], split, row, answer) for row, cell in enumerate(dataset[answer])]
         dataset, answers = _limited(dataset, answers, args, split)
         questions, contexts = [str(q) for q in dataset[question]], contexts[: len(dataset)]
+        stride = _stride(questions, contexts, tokenizer, args, split)
         encoding = tokenizer(questions, contexts, truncation="only_second", max_length=args.max_seq_length,
+                             stride=stride, return_overflowing_tokens=True,
                              return_offsets_mapping=True)  # fmt: skip
+        example = list(encoding.pop("overflow_to_sample_mapping"))  # feature -> example
         offsets = [
-            [span if sequence == 1 else None for span, sequence in zip(spans, encoding.sequence_ids(i))]
-            for i, spans in enumerate(encoding.pop("offset_mapping"))
+            [span if sequence == 1 else None for span, sequence in zip(spans, encoding.sequence_ids(f))]
+            for f, spans in enumerate(encoding.pop("offset_mapping"))
         ]  # fmt: skip
-        positions = [_answer_tokens(spans, texts, starts) for spans, (texts, starts) in zip(offsets, answers)]
+        positions = [_answer_tokens(spans, *answers[example[f]]) for f, spans in enumerate(offsets)]
         starts, ends = zip(*positions)
         encoded[split] = Dataset.from_dict({**encoding, "start_positions": starts, "end_positions": ends})
         if split == "validation":
-            references = QAReferences(offsets, contexts, [texts or [""] for texts, _ in answers])
+            references = QAReferences(offsets, contexts, [texts or [""] for texts, _ in answers], example)
     columns = {"text_column": question, "text_pair_column": context, "label_column": answer}
     return TaskData(encoded["train"], encoded["validation"], DataCollatorWithPadding(tokenizer), columns, references)
 
 
 def _answer_tokens(offsets: list, texts: list[str], starts: list[int]) -> tuple[int, int]:
-    """The first answer's start and end token; `(0, 0)` (the CLS token) when it is absent or cut by truncation."""
+    """The first answer's start and end token in one feature; `(0, 0)` (the CLS token) when the answer list is empty
+    or the feature's window does not hold the whole answer."""
     if not texts:
         return 0, 0
     first, last = starts[0], starts[0] + len(texts[0])

@@ -4,7 +4,7 @@
 | --- | --- | --- |
 | `sequence-classification` | `accuracy` (+ `f1` of label 1 when binary) | `hf_distill.evaluation` |
 | `token-classification` | `f1`, `precision`, `recall` (entities, when the labels are IOB2 tags), `accuracy` | below |
-| `question-answering` | `f1`, `exact_match` | SQuAD |
+| `question-answering` | `f1`, `exact_match` (per example: the best span over its windows) | SQuAD |
 | `masked-lm` | `accuracy` (masked tokens), `perplexity` | below |
 | `causal-lm` | `accuracy` (next token), `perplexity` | below |
 
@@ -121,14 +121,21 @@ def squad_f1(prediction: str, answers: Sequence[str]) -> float:
 
 @dataclass
 class QAReferences:
-    """What turns the evaluation set's span logits into answer text, one entry per example (= feature).
+    """What turns the evaluation set's span logits into answer text: per feature (window) `offsets` and `example`,
+    per example `contexts` and `answers`. A context longer than `--max_seq_length` gives several features.
 
-    `offsets[i][t]` is the `(start, end)` character span of token `t` in `contexts[i]`, `None` outside the context.
+    `offsets[f][t]` is the `(start, end)` character span of feature `f`'s token `t` in `contexts[example[f]]`,
+    `None` outside the context.
     """
 
     offsets: list[list[tuple[int, int] | None]]
     contexts: list[str]
     answers: list[list[str]]  # the gold answer texts ([""] for an unanswerable question)
+    example: list[int]  # feature -> example (`overflow_to_sample_mapping`), ascending
+
+    @property
+    def num_examples(self) -> int:
+        return len(self.contexts)
 
 
 def best_span(
@@ -203,14 +210,20 @@ class TaskMetrics:
         return metrics
 
     def _question_answering(self, start_logits: np.ndarray, end_logits: np.ndarray) -> dict[str, float]:
+        """Per example: the best span over all its features (windows), scored by start + end logits (run_qa.py)."""
         refs = self.references
-        exact = f1 = 0.0
-        for i, offsets in enumerate(refs.offsets):
-            span = best_span(start_logits[i], end_logits[i], offsets, MAX_ANSWER_TOKENS)
-            text = "" if span is None else refs.contexts[i][offsets[span[0]][0] : offsets[span[1]][1]]
-            exact += squad_exact_match(text, refs.answers[i])
-            f1 += squad_f1(text, refs.answers[i])
-        return {"f1": f1 / len(refs.offsets), "exact_match": exact / len(refs.offsets)}
+        best: list[tuple[float, str]] = [(-math.inf, "")] * refs.num_examples  # (score, text) per example
+        for f, offsets in enumerate(refs.offsets):
+            span = best_span(start_logits[f], end_logits[f], offsets, MAX_ANSWER_TOKENS)
+            if span is None:
+                continue
+            score = float(start_logits[f][span[0]] + end_logits[f][span[1]])
+            example = refs.example[f]
+            if score > best[example][0]:
+                best[example] = (score, refs.contexts[example][offsets[span[0]][0] : offsets[span[1]][1]])
+        exact = sum(squad_exact_match(text, refs.answers[i]) for i, (_, text) in enumerate(best))
+        f1 = sum(squad_f1(text, refs.answers[i]) for i, (_, text) in enumerate(best))
+        return {"f1": f1 / refs.num_examples, "exact_match": exact / refs.num_examples}
 
 
 def _language_modelling(predictions, nll, label_ids: np.ndarray, shift: bool) -> dict[str, float]:

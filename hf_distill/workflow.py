@@ -200,7 +200,8 @@ def prepare_run(
         "description": data_description or default_description,
         "task": "sentence-pair" if pair else task.name,
         "num_train": len(train),
-        "num_eval": len(evaluation),
+        "num_eval": len(evaluation) if data.references is None else data.references.num_examples,
+        **({} if data.references is None else {"num_eval_features": len(evaluation)}),  # QA: windows of long contexts
         **data.columns,
         "max_seq_length": data_args.max_seq_length,
         "student_source": source,
@@ -240,7 +241,7 @@ def execute_run(run: PreparedRun, notes: list[str] | None = None) -> dict[str, A
     batch = args.per_device_eval_batch_size
 
     def timed_evaluation(model: nn.Module, what: str):
-        logger.info("Evaluating %s on %d examples (batch size %d)", what, len(run.eval_dataset), batch)
+        logger.info("Evaluating %s on %d examples (batch size %d)", what, run.description["num_eval"], batch)
         result = evaluate_model(model, run.eval_dataset, run.collator, run.metrics, batch, args.device,
                                 latency_samples=run.run_args.latency_samples)  # fmt: skip
         logger.info("%s: %s", what, {k: round(v, 4) for k, v in result.metrics.items()})

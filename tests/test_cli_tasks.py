@@ -460,3 +460,133 @@ def test_task_falls_back_to_sequence_classification_with_a_log_line(caplog):
     assert (task.name, pair) == ("sequence-classification", False) and "pass --task" in caplog.text
     assert resolve_task(None, BertConfig(architectures=["BertForMaskedLM"]))[0].name == "masked-lm"
     assert resolve_task("sentence-pair", BertConfig(architectures=["BertForSequenceClassification"]))[1] is True
+
+
+# ---- question answering: long contexts in overlapping windows (--doc_stride) ---------------------------------------
+
+
+def long_qa_row(rng: random.Random, filler_words: int) -> dict:
+    """A `qa_rows` row whose context starts with `filler_words` words that hold no answer."""
+    row = qa_rows(1, seed=rng.randrange(1000))[0]
+    prefix = " ".join(rng.choice(["the", "city", "met", "saw", "today"]) for _ in range(filler_words)) + " "
+    start = row["answers"]["answer_start"][0] + len(prefix)
+    return {**row, "context": prefix + row["context"], "answers": {**row["answers"], "answer_start": [start]}}
+
+
+def windows(tokenizer, question: str, context: str, max_length: int, stride: int) -> list[dict]:
+    """The features of one example, built by hand: `[CLS] question [SEP] context[s:s + room] [SEP]` for window starts
+    s = 0, room - stride, ... until a window reaches the context's end; `offsets` of the context tokens."""
+    question_ids = tokenizer(question, add_special_tokens=False)["input_ids"]
+    context_encoding = tokenizer(context, add_special_tokens=False, return_offsets_mapping=True)
+    context_ids, context_offsets = context_encoding["input_ids"], context_encoding["offset_mapping"]
+    room, first = max_length - len(question_ids) - 3, len(question_ids) + 2  # first: position of context token 0
+    features, start = [], 0
+    while True:
+        stop = min(start + room, len(context_ids))
+        ids = [tokenizer.cls_token_id, *question_ids, tokenizer.sep_token_id, *context_ids[start:stop]]
+        features.append({
+            "input_ids": ids + [tokenizer.sep_token_id],
+            "token_type_ids": [0] * first + [1] * (stop - start + 1),
+            "offsets": {first + k: context_offsets[start + k] for k in range(stop - start)},  # position -> chars
+            "context_tokens": (start, stop),
+        })  # fmt: skip
+        if stop == len(context_ids):
+            return features
+        start += room - stride
+
+
+def test_long_context_becomes_overlapping_windows_labelled_only_where_the_answer_is_whole(assets, tmp_path):
+    from hf_distill.data import DataArguments
+    from hf_distill.task_data import prepare_task_data
+    from hf_distill.tasks import TASKS
+
+    tokenizer = assets["tokenizer"]
+    context = "anna lives in paris and bob lives in rome and carl lives in oslo and dora lives in berlin today"
+    assert len(tokenizer(context, add_special_tokens=False)["input_ids"]) == 21  # "berlin" is two tokens
+    rows = [  # question: 4 tokens; max_seq_length 16 leaves 16 - 4 - 3 = 9 context tokens a window, stride 3
+        {"question": "where does carl live", "context": context,  # "rome and carl": tokens 8..10
+         "answers": {"text": ["rome and carl"], "answer_start": [context.index("rome")]}},
+        {"question": "where does carl live", "context": context,  # "oslo": token 13
+         "answers": {"text": ["oslo"], "answer_start": [context.index("oslo")]}},
+        {"question": "where does carl live", "context": "carl lives in oslo",  # no answer, one feature
+         "answers": {"text": [], "answer_start": []}},
+    ]  # fmt: skip
+    path = write_jsonl(tmp_path / "long.jsonl", rows)
+    args = DataArguments(train_file=path, validation_file=path, max_seq_length=16, doc_stride=3)
+    data = prepare_task_data(TASKS["question-answering"], False, args, tokenizer, None)
+    assert data.references.example == [0, 0, 0, 1, 1, 1, 2] and data.references.num_examples == 3
+    train = data.train
+    assert "overflow_to_sample_mapping" not in train.column_names and len(train) == 7
+    context_ids = tokenizer(context, add_special_tokens=False)["input_ids"]
+    for window, start in enumerate((0, 6, 12)):  # windows of 9 context tokens, each sharing 3 with the next
+        ids = train[window]["input_ids"]
+        assert ids[6:-1] == context_ids[start : start + 9] and ids == train[3 + window]["input_ids"]
+        assert ids[:6] == tokenizer("where does carl live")["input_ids"][:-1] + [tokenizer.sep_token_id]
+    assert train[0]["input_ids"][-4:-1] == train[1]["input_ids"][6:9]  # the stride overlap
+    # "rome and carl" (context tokens 8..10) is whole only in window 1 (tokens 6..14): positions 6 + 2 .. 6 + 4
+    assert [(f["start_positions"], f["end_positions"]) for f in train.select(range(3))] == [(0, 0), (8, 10), (0, 0)]
+    # "oslo" (token 13) is whole in windows 1 and 2, at different positions; not in window 0
+    assert [(f["start_positions"], f["end_positions"]) for f in train.select(range(3, 6))] == [
+        (0, 0),
+        (13, 13),
+        (7, 7),
+    ]
+    assert (train[6]["start_positions"], train[6]["end_positions"]) == (0, 0)  # no answer: CLS, one feature
+    assert data.evaluation["start_positions"] == train["start_positions"]  # evaluation features labelled alike
+
+
+def test_question_answering_with_long_contexts_end_to_end(assets, tmp_path, capsys):
+    rng = random.Random(5)
+    train = qa_rows(16, seed=0) + [long_qa_row(rng, 30) for _ in range(8)]
+    dev = qa_rows(4, seed=1) + [long_qa_row(rng, 30) for _ in range(4)]
+    paths = {"long_train": write_jsonl(tmp_path / "train.jsonl", train),
+             "long_dev": write_jsonl(tmp_path / "dev.jsonl", dev)}  # fmt: skip
+    out = tmp_path / "out"
+    argv = options(assets | paths, "qa", "long_train", "long_dev", out, task="question-answering", doc_stride=8)
+    report = run_ok(argv, capsys, "f1", {"f1", "exact_match"})
+    tokenizer = assets["tokenizer"]
+    features = [windows(tokenizer, r["question"], r["context"], 32, 8) for r in dev]
+    assert [len(f) for f in features][:4] == [1] * 4 and min(len(f) for f in features[4:]) >= 2
+    for r, example in zip(dev[4:], features[4:]):  # the answer lies beyond the first window
+        assert r["answers"]["answer_start"][0] >= max(example[0]["offsets"].values())[1]
+    assert report["data"]["num_eval"] == len(dev) and report["data"]["num_eval_features"] == sum(map(len, features))
+    chosen = []
+    for model_dir, row in ((assets["qa"], "teacher"), (out, "student_after")):
+        model = AutoModelForQuestionAnswering.from_pretrained(model_dir).eval()
+        exact = f1 = 0.0
+        for r, example in zip(dev, features):
+            best = None  # (score, text, window)
+            for w, feature in enumerate(example):
+                with torch.no_grad():
+                    outputs = model(input_ids=torch.tensor([feature["input_ids"]]),
+                                    token_type_ids=torch.tensor([feature["token_type_ids"]]))  # fmt: skip
+                start_logits, end_logits = outputs.start_logits[0], outputs.end_logits[0]
+                inside = sorted(feature["offsets"])
+                for s in inside:
+                    for e in inside:
+                        score = float(start_logits[s] + end_logits[e])
+                        if s <= e < s + 30 and (best is None or score > best[0]):
+                            text = r["context"][feature["offsets"][s][0] : feature["offsets"][e][1]]
+                            best = (score, text, w)
+            chosen.append(best[2])
+            exact += max(official_normalize(best[1]) == official_normalize(a) for a in r["answers"]["text"])
+            f1 += max(official_f1(best[1], a) for a in r["answers"]["text"])
+        evaluation = report["evaluation"][row]
+        assert evaluation["num_examples"] == len(dev)
+        assert evaluation["metrics"]["exact_match"] == pytest.approx(exact / len(dev))
+        assert evaluation["metrics"]["f1"] == pytest.approx(f1 / len(dev))
+    assert any(w > 0 for w in chosen)  # some answers were found beyond the first window
+
+
+@pytest.mark.parametrize(("stride", "expected"), [
+    (-1, "--doc_stride must be >= 0"),
+    (25, "--doc_stride=25 is too large: the train data's row 4 has a context longer than --max_seq_length=32"),
+])  # fmt: skip
+def test_question_answering_refuses_a_doc_stride_that_cannot_move(assets, tmp_path, capsys, stride, expected):
+    rows = qa_rows(4, seed=3) + [long_qa_row(random.Random(0), 30)]  # "where does X live": 4 tokens, room 32 - 7
+    train = write_jsonl(tmp_path / "long.jsonl", rows)
+    argv = options(assets | {"long": train}, "qa", "long", "qa_dev", tmp_path / "o", doc_stride=stride)
+    err = refused(argv, capsys)
+    assert expected in err
+    if stride > 0:
+        assert "leaves 25 context tokens per window" in err and "Pass --doc_stride below 25" in err
