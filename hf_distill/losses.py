@@ -385,25 +385,29 @@ class _ChunkedSoftLabelLoss(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-        ctx.save_for_backward(student, teacher)
-        ctx.temperature = temperature
         values = torch.empty(student.shape[0], dtype=torch.float32, device=student.device)
+        student_lse, teacher_lse = torch.empty_like(values), torch.empty_like(values)  # per row, for the backward
         for rows in _row_chunks(student):
-            student_log = (student[rows].float() / temperature).log_softmax(dim=-1)
-            teacher_log = (teacher[rows].float() / temperature).log_softmax(dim=-1)
-            values[rows] = (teacher_log.exp() * (teacher_log - student_log)).sum(dim=-1) * temperature**2
+            scaled_student, scaled_teacher = student[rows].float() / temperature, teacher[rows].float() / temperature
+            student_lse[rows], teacher_lse[rows] = scaled_student.logsumexp(dim=-1), scaled_teacher.logsumexp(dim=-1)
+            student_log = scaled_student - student_lse[rows, None]
+            teacher_log = scaled_teacher - teacher_lse[rows, None]
+            kl = torch.nn.functional.kl_div(student_log, teacher_log, reduction="none", log_target=True)
+            values[rows] = kl.sum(dim=-1) * temperature**2
+        ctx.save_for_backward(student, teacher, student_lse, teacher_lse)
+        ctx.temperature = temperature
         return values
 
     @staticmethod
     def backward(ctx, grad_values: torch.Tensor):
-        student, teacher = ctx.saved_tensors
+        student, teacher, student_lse, teacher_lse = ctx.saved_tensors
         temperature = ctx.temperature
         grad = torch.empty_like(student)
         for rows in _row_chunks(student):
-            student_probs = (student[rows].float() / temperature).softmax(dim=-1)
-            teacher_probs = (teacher[rows].float() / temperature).softmax(dim=-1)
+            student_probs = (student[rows].float() / temperature - student_lse[rows, None]).exp_()
+            teacher_probs = (teacher[rows].float() / temperature - teacher_lse[rows, None]).exp_()
             scale = grad_values[rows, None].float() * temperature
-            grad[rows] = (scale * (student_probs - teacher_probs)).to(grad.dtype)
+            grad[rows] = student_probs.sub_(teacher_probs).mul_(scale).to(grad.dtype)
         return grad, None, None
 
 
