@@ -54,6 +54,13 @@ def _reduce(per_example: torch.Tensor, reduction: str) -> torch.Tensor:
     raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
 
 
+def _check_same_shape(what: str, student: torch.Tensor, teacher: torch.Tensor, fix: str) -> None:
+    if student.shape != teacher.shape:
+        raise ValueError(
+            f"student {what} {tuple(student.shape)} and teacher {what} {tuple(teacher.shape)} differ in shape: {fix}"
+        )
+
+
 def hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
     """Cross-entropy of the student against the hard labels.
 
@@ -83,11 +90,8 @@ def soft_label_loss(
         temperature (`float`): the softmax temperature `T > 0`.
         reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"` over examples.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in "
-            "shape: teacher and student must predict the same label set (check `num_labels`)."
-        )
+    _check_same_shape("logits", student_logits, teacher_logits,
+                      "teacher and student must predict the same label set (check `num_labels`).")  # fmt: skip
     student_log_probs = F.log_softmax(student_logits.float() / temperature, dim=-1)  # (B, C)
     teacher_log_probs = F.log_softmax(teacher_logits.float() / temperature, dim=-1)  # (B, C)
     kl = (teacher_log_probs.exp() * (teacher_log_probs - student_log_probs)).sum(dim=-1)  # (B,)
@@ -279,11 +283,8 @@ def hidden_mse_loss(
         attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*): 1 for real tokens, 0 for padding.
         reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"` over examples.
     """
-    if student_hidden.shape != teacher_hidden.shape:
-        raise ValueError(
-            f"student hidden states {tuple(student_hidden.shape)} and teacher hidden states "
-            f"{tuple(teacher_hidden.shape)} differ in shape: project the student to the teacher's width first."
-        )
+    _check_same_shape("hidden states", student_hidden, teacher_hidden,
+                      "project the student to the teacher's width first.")  # fmt: skip
     valid = _valid_tokens(attention_mask, student_hidden)  # (B, T)
     squared = (student_hidden.float() - teacher_hidden.float()).square().mean(dim=-1)  # (B, T)
     per_example = (squared * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)
@@ -300,11 +301,7 @@ def hidden_cosine_loss(
 
     Sanh et al., 2019, https://arxiv.org/abs/1910.01108 (applied to the last hidden layer; widths must match).
     """
-    if student_hidden.shape != teacher_hidden.shape:
-        raise ValueError(
-            f"student hidden states {tuple(student_hidden.shape)} and teacher hidden states "
-            f"{tuple(teacher_hidden.shape)} differ in shape: the cosine loss needs equal widths."
-        )
+    _check_same_shape("hidden states", student_hidden, teacher_hidden, "the cosine loss needs equal widths.")
     valid = _valid_tokens(attention_mask, student_hidden)
     cosine = F.cosine_similarity(student_hidden.float(), teacher_hidden.float(), dim=-1)  # (B, T)
     per_example = ((1 - cosine) * valid).sum(dim=1) / valid.sum(dim=1).clamp_min(1)
@@ -356,11 +353,8 @@ def token_soft_label_loss(
         reduction (`str`, *optional*, defaults to `"mean"`): `"none"` gives `(B, T)` (0 where `mask` is false),
             `"sum"` the sum, `"mean"` the mean over the distilled tokens of the whole batch.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in "
-            "shape: teacher and student must share the label set (token classification) or the vocabulary (LMs)."
-        )
+    _check_same_shape("logits", student_logits, teacher_logits, "teacher and student must share the label set "
+                      "(token classification) or the vocabulary (language models).")  # fmt: skip
     mask = mask.to(student_logits.device).bool()
     per_token = torch.zeros(mask.shape, dtype=torch.float32, device=student_logits.device)  # (B, T)
     rows = _ChunkedSoftLabelLoss.apply(student_logits[mask], teacher_logits[mask].detach(), float(temperature))
@@ -435,11 +429,7 @@ def position_soft_label_loss(
         temperature (`float`): the softmax temperature `T > 0`.
         reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"` over examples.
     """
-    if student_logits.shape != teacher_logits.shape:
-        raise ValueError(
-            f"student logits {tuple(student_logits.shape)} and teacher logits {tuple(teacher_logits.shape)} differ in "
-            "shape: both models must see the same tokenised batch."
-        )
+    _check_same_shape("logits", student_logits, teacher_logits, "both models must see the same tokenised batch.")
     valid = _valid_tokens(attention_mask, student_logits)  # (B, T)
     student_log = (student_logits.float() / temperature).masked_fill(~valid, float("-inf")).log_softmax(dim=-1)
     teacher_log = (teacher_logits.float() / temperature).masked_fill(~valid, float("-inf")).log_softmax(dim=-1)
