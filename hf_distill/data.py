@@ -58,11 +58,12 @@ class DataArguments:
     max_seq_length: int = field(
         default=128, metadata={"help": "Longer inputs are truncated to this many tokens; padding is per batch."}
     )
-    doc_stride: int = field(
-        default=128,
+    doc_stride: int | None = field(
+        default=None,
         metadata={"help": "Question answering: a context longer than --max_seq_length is split into windows that "
                   "overlap by this many tokens (as transformers' run_qa.py). Must be less than --max_seq_length "
-                  "minus the question's tokens."},
+                  "minus the question's tokens. Default: min(128, max_seq_length // 3), 128 at run_qa.py's 384, "
+                  "halved for a row whose question leaves less room."},
     )  # fmt: skip
     max_train_samples: int | None = field(
         default=None, metadata={"help": "Keep only the first N training examples (for quick runs)."}
@@ -97,7 +98,7 @@ class DataArguments:
                 )
             if not Path(value).is_file():
                 raise FileNotFoundError(f"--{name}={value!r}: no such file.")
-        if self.doc_stride < 0:
+        if self.doc_stride is not None and self.doc_stride < 0:
             raise ValueError(
                 f"--doc_stride must be >= 0 (tokens shared by consecutive windows), got {self.doc_stride}."
             )

@@ -257,8 +257,8 @@ def _answers(cell: Any, context: str, split: str, row: int, column: str) -> tupl
 
 def _stride(questions: list[str], contexts: list[str], tokenizer, args: DataArguments, split: str) -> int:
     """`--doc_stride` when some row needs several windows, else 0 (no row overflows, so it changes nothing, and the
-    tokenizer refuses a stride over its max length even then). Refuses a stride that leaves a window no room to move
-    forward."""
+    tokenizer refuses a stride over its max length even then). Refuses a given stride that leaves a window no room
+    to move forward; the default (`min(128, max_seq_length // 3)`) is halved to fit instead, with a warning."""
     question_ids = tokenizer(questions, add_special_tokens=False)["input_ids"]
     context_ids = tokenizer(contexts, add_special_tokens=False)["input_ids"]
     special = tokenizer.num_special_tokens_to_add(pair=True)
@@ -273,7 +273,12 @@ def _stride(questions: list[str], contexts: list[str], tokenizer, args: DataArgu
             f"the {split} data's row {row} has a question of {len(question_ids[row])} tokens, which leaves no room "
             f"for its context in --max_seq_length={args.max_seq_length} tokens: raise --max_seq_length."
         )
-    if args.doc_stride >= room:
+    stride = args.doc_stride if args.doc_stride is not None else min(128, args.max_seq_length // 3)
+    if stride >= room and args.doc_stride is None:
+        logger.warning("The %s data's row %d leaves %d context tokens per window: --doc_stride %d instead of the "
+                       "default %d (pass --doc_stride to choose).", split, row, room, room // 2, stride)  # fmt: skip
+        return room // 2
+    if stride >= room:
         raise ValueError(
             f"--doc_stride={args.doc_stride} is too large: the {split} data's row {row} has a context longer than "
             f"--max_seq_length={args.max_seq_length} allows, and its question ({len(question_ids[row])} tokens, "
@@ -281,7 +286,7 @@ def _stride(questions: list[str], contexts: list[str], tokenizer, args: DataArgu
             f"{args.doc_stride} tokens would never move forward. Pass --doc_stride below {room} (e.g. "
             f"--doc_stride {room // 2}), or raise --max_seq_length."
         )
-    return args.doc_stride
+    return stride
 
 
 def _question_answering(splits, args: DataArguments, tokenizer, config, pair: bool) -> TaskData:
