@@ -285,13 +285,13 @@ def check_dataset(
     columns = set(getattr(dataset, "column_names", None) or [])
     if require_labels:
         keys = _collated_keys(dataset, collate, keep_columns)
-        if label_names == ("labels",):
-            accepted = {"labels"} if keys is not None else set(LABEL_COLUMNS)
-            has_labels = bool((keys if keys is not None else columns) & accepted) or (keys is None and not columns)
+        found = keys if keys is not None else columns
+        if keys is None and label_names == ("labels",):  # judged by columns: 'label' becomes `labels` in the collator
+            has_labels = bool(found & set(LABEL_COLUMNS))
         else:
-            has_labels = set(label_names) <= (keys if keys is not None else columns) or (keys is None and not columns)
-        if not has_labels:
-            found = sorted(keys if keys is not None else columns)
+            has_labels = set(label_names) <= found
+        if not has_labels and not (keys is None and not columns):  # no keys and no columns: nothing to judge by
+            found = sorted(found)
             wanted = " and ".join(f"`{n}`" for n in label_names)
             raise ValueError(
                 f"alpha > 0 weights the hard-label loss (and masked LM finds its masked positions in the labels), but "

@@ -16,10 +16,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
+from accelerate.utils import send_to_device
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers.trainer_pt_utils import nested_concat, nested_numpify
 
+from .tasks import batch_size as examples_in
 from .tasks import task_logits
 
 if TYPE_CHECKING:
@@ -174,10 +176,11 @@ def evaluate_model(
         _sync(device)
         times.append(time.perf_counter() - start)
         logits = task_logits(metrics.task, outputs)
-        kept = metrics.preprocess(logits[0] if len(logits) == 1 else logits, _to(labels, device))
-        predictions = _to(kept, "cpu") if predictions is None else nested_concat(predictions, _to(kept, "cpu"), -100)
+        kept = send_to_device(metrics.preprocess(logits[0] if len(logits) == 1 else logits,
+                                                 send_to_device(labels, device)), "cpu")  # fmt: skip
+        predictions = kept if predictions is None else nested_concat(predictions, kept, -100)
         references = labels if references is None else nested_concat(references, labels, -100)
-        count += next(iter(batch.values())).shape[0]
+        count += examples_in(batch)
     seconds = sum(times)
 
     latencies = []
@@ -204,9 +207,3 @@ def evaluate_model(
         latency_samples=len(latencies),
         device=str(device),
     )
-
-
-def _to(tensors, device):
-    if isinstance(tensors, (tuple, list)):
-        return type(tensors)(_to(t, device) for t in tensors)
-    return tensors.to(device)

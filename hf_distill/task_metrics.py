@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .evaluation import load_metrics
+from .losses import token_hard_label_loss
 from .tasks import Task
 
 __all__ = [
@@ -156,13 +157,6 @@ def best_span(
 # ---- per task ------------------------------------------------------------------------------------------------------
 
 
-def _token_nll(logits: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """`(B, T)` cross-entropy of each target token (0 where the target is -100)."""
-    log_probs = torch.log_softmax(logits.float(), dim=-1)  # (B, T, V)
-    picked = log_probs.gather(-1, targets.clamp_min(0).unsqueeze(-1)).squeeze(-1)
-    return -picked.masked_fill(targets.eq(IGNORE), 0.0)
-
-
 @dataclass
 class TaskMetrics:
     """The metrics of one task: `preprocess(logits, labels)` per batch, then `compute(predictions, label_ids)`."""
@@ -180,9 +174,9 @@ class TaskMetrics:
         logits = logits[0] if isinstance(logits, (tuple, list)) else logits
         predictions = logits.argmax(dim=-1)
         if self.task.name == "masked-lm":
-            return predictions, _token_nll(logits, labels)
+            return predictions, token_hard_label_loss(logits, labels, reduction="none")
         if self.task.name == "causal-lm":  # position t predicts token t + 1; the last column has no target
-            nll = _token_nll(logits[:, :-1], labels[:, 1:])
+            nll = token_hard_label_loss(logits[:, :-1], labels[:, 1:], reduction="none")
             return predictions, torch.nn.functional.pad(nll, (0, 1))
         return predictions
 

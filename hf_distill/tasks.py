@@ -22,7 +22,16 @@ import torch
 
 from . import losses
 
-__all__ = ["TASKS", "Task", "detect_task", "get_task", "output_terms", "task_logits", "units_per_example"]
+__all__ = [
+    "TASKS",
+    "Task",
+    "batch_size",
+    "detect_task",
+    "get_task",
+    "output_terms",
+    "task_logits",
+    "units_per_example",
+]
 
 
 @dataclass(frozen=True)
@@ -121,12 +130,19 @@ def distilled_positions(task: Task, inputs: dict[str, Any]) -> torch.Tensor:
     return valid
 
 
+def batch_size(inputs: dict[str, Any]) -> int:
+    """The number of examples in a batch: the first dimension of its first tensor."""
+    for value in inputs.values():
+        if torch.is_tensor(value) and value.dim() > 0:
+            return value.shape[0]
+    raise ValueError("cannot tell the batch size: the batch holds no tensors.")
+
+
 def units_per_example(task: Task, inputs: dict[str, Any]) -> torch.Tensor:
     """`(B,)`: how many loss units each example holds (its distilled tokens, or 1 for example-level tasks)."""
     if task.per_token:
         return distilled_positions(task, inputs).sum(dim=1)
-    batch = next(v for v in inputs.values() if torch.is_tensor(v) and v.dim() > 0).shape[0]
-    return torch.ones(batch, dtype=torch.long)
+    return torch.ones(batch_size(inputs), dtype=torch.long)
 
 
 def _span_ce(logits: torch.Tensor, positions: torch.Tensor, attention_mask: torch.Tensor | None) -> torch.Tensor:

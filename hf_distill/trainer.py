@@ -51,13 +51,6 @@ def load_teacher(name_or_path: str, like: nn.Module, trust_remote_code: bool = F
     )
 
 
-def _batch_size(batch: dict[str, Any]) -> int:
-    for value in batch.values():
-        if torch.is_tensor(value) and value.dim() > 0:
-            return value.shape[0]
-    raise ValueError("cannot tell the batch size: the batch holds no tensors.")
-
-
 class DistillationTrainer(Trainer):
     """[`~transformers.Trainer`] that trains `model` (the student) to match a frozen `teacher_model`.
 
@@ -399,7 +392,7 @@ class DistillationTrainer(Trainer):
         """Fetch the batches of one optimizer step and count, across all processes, their examples and their loss
         units (the same for sequence-level tasks; the distilled tokens for token-level ones): a `(2,)` tensor."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
-        examples = torch.tensor(sum(_batch_size(b) for b in batch_samples), device=device)
+        examples = torch.tensor(sum(tasks.batch_size(b) for b in batch_samples), device=device)
         units = sum(tasks.units_per_example(self.task, b).sum().to(device) for b in batch_samples)  # no host sync
         count = torch.stack([examples, torch.as_tensor(units, device=device)])
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
