@@ -38,7 +38,10 @@ def random_rows(n: int, seed: int = 0, min_len: int = 3, max_len: int = 12) -> d
 
 
 def pad_collator(features: list[dict]) -> dict[str, torch.Tensor]:
-    """Dynamic padding to the longest row, like DataCollatorWithPadding, without a tokenizer."""
+    """Dynamic padding to the longest row, like DataCollatorWithPadding, without a tokenizer.
+
+    `label` (one per example) becomes `labels`; `labels` (one per token) is padded with -100; QA's
+    `start_positions` / `end_positions` pass through."""
     length = max(len(f["input_ids"]) for f in features)
     batch = {
         "input_ids": torch.tensor([f["input_ids"] + [0] * (length - len(f["input_ids"])) for f in features]),
@@ -48,6 +51,11 @@ def pad_collator(features: list[dict]) -> dict[str, torch.Tensor]:
     }
     if "label" in features[0]:
         batch["labels"] = torch.tensor([f["label"] for f in features])
+    if "labels" in features[0]:
+        batch["labels"] = torch.tensor([f["labels"] + [-100] * (length - len(f["labels"])) for f in features])
+    for key in ("start_positions", "end_positions"):
+        if key in features[0]:
+            batch[key] = torch.tensor([f[key] for f in features])
     return batch
 
 

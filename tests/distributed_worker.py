@@ -91,10 +91,10 @@ def train_once(name: str, out: Path, world_size: int, engine: bool = True) -> Di
         deepspeed.init_distributed(dist_backend="gloo")
     teacher = tiny_bert(4, seed=1, **NO_DROPOUT)
     student = tiny_bert(2, hidden=student_hidden, seed=2, **NO_DROPOUT)
-    collator, train, evaluation = pad_collator, random_rows(16, seed=3, max_len=14), random_rows(7, seed=4, max_len=14)
+    train, evaluation = random_rows(16, seed=3, max_len=14), random_rows(7, seed=4, max_len=14)
     if tokens:  # the same weights under a token-classification head (no pooler), one label per token, some -100
         teacher, student = (_as_token_classifier(m) for m in (teacher, student))
-        collator, train, evaluation = _pad_token_labels, _token_labels(train), _token_labels(evaluation)
+        train, evaluation = _token_labels(train), _token_labels(evaluation)
     if teacher_from_path:
         state, path = PartialState(), out / f"{name}-teacher"
         if state.is_main_process:
@@ -102,7 +102,7 @@ def train_once(name: str, out: Path, world_size: int, engine: bool = True) -> Di
         state.wait_for_everyone()
         teacher = str(path)
     trainer = DistillationTrainer(
-        model=student, teacher_model=teacher, args=args, data_collator=collator,
+        model=student, teacher_model=teacher, args=args, data_collator=pad_collator,
         train_dataset=Dataset.from_dict(train), eval_dataset=Dataset.from_dict(evaluation),
     )  # fmt: skip
     trainer.train()
@@ -123,13 +123,6 @@ def _token_labels(rows: dict[str, list]) -> dict[str, list]:
     ids = rows["input_ids"]
     labels = [[-100 if i == 0 or i % 3 == 2 else token % 2 for i, token in enumerate(row)] for row in ids]
     return {"input_ids": ids, "labels": labels}
-
-
-def _pad_token_labels(features: list[dict]) -> dict[str, torch.Tensor]:
-    batch = pad_collator([{"input_ids": f["input_ids"]} for f in features])
-    length = batch["input_ids"].shape[1]
-    batch["labels"] = torch.tensor([f["labels"] + [-100] * (length - len(f["labels"])) for f in features])
-    return batch
 
 
 def _teacher_report(trainer: DistillationTrainer) -> dict:

@@ -10,7 +10,7 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import VOCAB_SIZE
+from conftest import VOCAB_SIZE, pad_collator
 from datasets import Dataset
 from transformers import (
     BertConfig,
@@ -79,29 +79,13 @@ def rows(task: str, n: int, seed: int) -> list[dict]:
     return examples
 
 
-def collate(features: list[dict]) -> dict[str, torch.Tensor]:
-    """Pad to the longest row: token ids with 0, per-token labels with -100."""
-    length = max(len(f["input_ids"]) for f in features)
-    pad = [length - len(f["input_ids"]) for f in features]
-    batch = {
-        "input_ids": torch.tensor([f["input_ids"] + [0] * p for f, p in zip(features, pad)]),
-        "attention_mask": torch.tensor([[1] * len(f["input_ids"]) + [0] * p for f, p in zip(features, pad)]),
-    }
-    if "labels" in features[0]:
-        batch["labels"] = torch.tensor([f["labels"] + [-100] * p for f, p in zip(features, pad)])
-    for key in ("start_positions", "end_positions"):
-        if key in features[0]:
-            batch[key] = torch.tensor([f[key] for f in features])
-    return batch
-
-
 def make_trainer(tmp_path, teacher, student, data=None, **overrides):
     settings = dict(output_dir=str(tmp_path / "out"), per_device_train_batch_size=8, max_steps=1, report_to=[],
                     use_cpu=True, save_strategy="no", seed=0, disable_tqdm=True, temperature=T, alpha=0.3, beta=0.7,
                     gamma=0.0, logging_steps=1)  # fmt: skip
     settings.update(overrides)
     return DistillationTrainer(model=student, teacher_model=teacher, args=DistillationArguments(**settings),
-                               train_dataset=data, eval_dataset=data, data_collator=collate)  # fmt: skip
+                               train_dataset=data, eval_dataset=data, data_collator=pad_collator)  # fmt: skip
 
 
 def kd_row(student_row: torch.Tensor, teacher_row: torch.Tensor) -> torch.Tensor:
@@ -141,7 +125,7 @@ def test_terms_match_the_definitions_per_token(tmp_path, task):
     teacher, student = PAIRS[task]()
     trainer = make_trainer(tmp_path, teacher, student)
     assert trainer.task.name == task == detect_task(student).name
-    batch = collate(rows(task, 6, seed=5))
+    batch = pad_collator(rows(task, 6, seed=5))
     trainer.model.eval()
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, batch)
@@ -157,7 +141,7 @@ def test_terms_match_the_definitions_per_token(tmp_path, task):
 def test_training_loss_is_the_weighted_sum_normalised_per_unit(tmp_path, task):
     teacher, student = PAIRS[task]()
     trainer = make_trainer(tmp_path, teacher, student)
-    batch = collate(rows(task, 6, seed=6))
+    batch = pad_collator(rows(task, 6, seed=6))
     trainer.model.train()
     with torch.no_grad():
         loss = trainer.compute_loss(trainer.model, batch)
@@ -170,7 +154,7 @@ def test_appending_padding_changes_no_term(tmp_path, task):
     teacher, student = PAIRS[task]()
     trainer = make_trainer(tmp_path, teacher, student, gamma=0.5 if task != "causal-lm" else 0.0)
     examples = rows(task, 5, seed=8)
-    batch = collate(examples)
+    batch = pad_collator(examples)
     extra = 7
     padded = {k: F.pad(v, (0, extra), value=-100 if k == "labels" else 0) if v.dim() == 2 else v
               for k, v in batch.items()}  # fmt: skip
@@ -200,7 +184,7 @@ def test_gradient_accumulation_matches_one_big_batch(tmp_path, task):
         trainer.train()
         results.append(({k: v.clone() for k, v in student.state_dict().items()}, trainer.state.log_history[0]))
     (big, big_log), (small, small_log) = results
-    ce, kd = reference_terms(task, teacher, PAIRS[task]()[1], collate(list(data)))  # the step's loss, per unit
+    ce, kd = reference_terms(task, teacher, PAIRS[task]()[1], pad_collator(list(data)))  # the step's loss, per unit
     assert big_log["loss"] == pytest.approx(0.3 * ce.item() + 0.7 * kd.item(), rel=1e-4)
     assert big_log["loss"] == pytest.approx(small_log["loss"], rel=1e-5)
     for name in ("loss_ce", "loss_kd"):
@@ -218,7 +202,7 @@ def test_causal_lm_distils_only_where_the_next_label_counts(tmp_path):
     examples = rows("causal-lm", 4, seed=9)
     for example in examples:
         example["labels"][: len(example["labels"]) // 2] = [-100] * (len(example["labels"]) // 2)
-    batch = collate(examples)
+    batch = pad_collator(examples)
     trainer.model.eval()
     with torch.no_grad():
         trainer.compute_loss(trainer.model, batch)
@@ -230,7 +214,7 @@ def test_causal_lm_distils_only_where_the_next_label_counts(tmp_path):
 def test_token_classification_without_labels_distils_every_real_token(tmp_path):
     teacher, student = PAIRS["token-classification"]()
     trainer = make_trainer(tmp_path, teacher, student, alpha=0.0)
-    batch = collate([{"input_ids": r["input_ids"]} for r in rows("token-classification", 4, seed=10)])
+    batch = pad_collator([{"input_ids": r["input_ids"]} for r in rows("token-classification", 4, seed=10)])
     trainer.model.eval()
     with torch.no_grad():
         trainer.compute_loss(trainer.model, batch)
@@ -270,7 +254,7 @@ def test_question_answering_with_positions_past_the_end_ignores_them(tmp_path):
     """As BERT's own loss does: a start/end outside the sequence (a truncated answer) is not a target."""
     teacher, student = PAIRS["question-answering"]()
     trainer = make_trainer(tmp_path, teacher, student)
-    batch = collate(rows("question-answering", 4, seed=12))
+    batch = pad_collator(rows("question-answering", 4, seed=12))
     batch["start_positions"][0] = 500
     trainer.model.eval()
     with torch.no_grad():
@@ -292,7 +276,7 @@ def test_sentence_pairs_reach_the_teacher_with_their_token_type_ids(tmp_path):
     student = bert(BertForSequenceClassification, 2, 2, type_vocab_size=2)
     trainer = make_trainer(tmp_path, teacher, student)
     examples = rows("causal-lm", 6, seed=13)  # token ids only; labels below
-    batch = collate([{"input_ids": e["input_ids"]} for e in examples])
+    batch = pad_collator([{"input_ids": e["input_ids"]} for e in examples])
     segment = torch.zeros_like(batch["input_ids"])
     segment[:, 3:] = 1  # the second text of each pair
     batch["token_type_ids"], batch["labels"] = segment * batch["attention_mask"], torch.tensor([0, 1, 1, 0, 1, 0])
