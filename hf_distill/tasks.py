@@ -194,13 +194,12 @@ def output_terms(
         return terms
 
     (logits,), teacher_logits = student, None if teacher is None else teacher[0]
-    valid = distilled_positions(task, inputs)
     if task is CAUSAL_LM:  # position i predicts token i + 1
         logits = logits[:, :-1]
         teacher_logits = None if teacher_logits is None else teacher_logits[:, :-1]
-        targets = _next_token_targets(inputs)[0]
+        targets, valid = _next_token_targets(inputs)
     else:
-        targets = inputs.get("labels")
+        targets, valid = inputs.get("labels"), distilled_positions(task, inputs)
     counts = valid.sum(dim=1)
     if labelled:
         ce = losses.token_hard_label_loss(logits, targets.masked_fill(~valid, losses.IGNORE_INDEX), reduction="none")
