@@ -21,6 +21,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .artifacts import CONFIG_NAME, DistillationRecord, atomic_write_text, load_distillation_config, training_history
 from .recipes import RECIPES
+from .tasks import task_of_class
 
 __all__ = [
     "CARD_NAME",
@@ -45,14 +46,6 @@ _REPORT_ROWS = (
 )
 _NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "epoch", "step")
 _PACKAGED_BUILDERS = {"csv", "json", "pandas", "parquet", "arrow", "text", "generator", "webdataset", "xml"}
-_TASK_BY_SUFFIX = (
-    ("ForSequenceClassification", "text-classification", "AutoModelForSequenceClassification"),
-    ("ForTokenClassification", "token-classification", "AutoModelForTokenClassification"),
-    ("ForQuestionAnswering", "question-answering", "AutoModelForQuestionAnswering"),
-    ("ForMaskedLM", "fill-mask", "AutoModelForMaskedLM"),
-    ("ForCausalLM", "text-generation", "AutoModelForCausalLM"),
-    ("LMHeadModel", "text-generation", "AutoModelForCausalLM"),
-)
 # What a lineage step keeps of the teacher's own record (plus `model`, the teacher's path).
 _LINEAGE_KEYS = (
     "teacher_model student_architecture task student_num_parameters student_num_layers teacher_num_parameters recipe "
@@ -192,10 +185,9 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
 
 
 def _task_and_auto_class(architecture: str | None) -> tuple[str | None, str]:
-    for suffix, task, auto_class in _TASK_BY_SUFFIX:
-        if architecture and architecture.endswith(suffix):
-            return task, auto_class
-    return None, "AutoModel"
+    """The Hub's pipeline tag and the Auto class of a model class name (`None`, `AutoModel` for another head)."""
+    task = task_of_class(architecture)
+    return (task.pipeline_tag, task.auto_class) if task is not None else (None, "AutoModel")
 
 
 def _model_link(name: str | None) -> str:

@@ -25,7 +25,7 @@ from datasets import Dataset
 
 from .data import DataArguments, encode_labels, load_split, resolve_columns, tokenize
 from .task_metrics import QAReferences
-from .tasks import TASKS, Task
+from .tasks import TASKS, Task, task_of_class
 
 __all__ = ["TASK_CHOICES", "TaskData", "prepare_task_data", "resolve_task"]
 
@@ -41,7 +41,8 @@ EVAL_MASKING_SEED = 0  # the evaluation set's masked positions, the same in ever
 def resolve_task(name: str | None, teacher_config) -> tuple[Task, bool]:
     """`(task, sentence_pair)` from `--task`, or from the teacher's `config.architectures` when it is not given."""
     architectures = getattr(teacher_config, "architectures", None) or []
-    detected = next((t for t in TASKS.values() if any(a.endswith(t.class_suffixes) for a in architectures)), None)
+    found = {task_of_class(a) for a in architectures}
+    detected = next((t for t in TASKS.values() if t in found), None)
     if name is not None:
         task = TASKS["sequence-classification" if name == "sentence-pair" else name]
         if detected is not None and detected is not task:

@@ -28,6 +28,7 @@ __all__ = [
     "batch_size",
     "detect_task",
     "get_task",
+    "task_of_class",
     "output_terms",
     "task_logits",
     "units_per_example",
@@ -44,27 +45,29 @@ class Task:
     label_names: tuple[str, ...]  # the batch keys holding the targets
     per_token: bool  # one loss unit per distilled token (else per example)
     description: str
+    pipeline_tag: str  # the Hugging Face Hub's name for the task (model card metadata)
 
 
 SEQUENCE_CLASSIFICATION = Task(
     "sequence-classification", "AutoModelForSequenceClassification", ("ForSequenceClassification",), ("labels",),
-    False, "one label per text or text pair (SST-2, MNLI, ...)",
+    False, "one label per text or text pair (SST-2, MNLI, ...)", "text-classification",
 )  # fmt: skip
 TOKEN_CLASSIFICATION = Task(
     "token-classification", "AutoModelForTokenClassification", ("ForTokenClassification",), ("labels",),
-    True, "one label per token (NER, POS tagging)",
+    True, "one label per token (NER, POS tagging)", "token-classification",
 )  # fmt: skip
 QUESTION_ANSWERING = Task(
     "question-answering", "AutoModelForQuestionAnswering", ("ForQuestionAnswering",),
     ("start_positions", "end_positions"), False, "extractive QA: the answer span's start and end (SQuAD)",
+    "question-answering",
 )  # fmt: skip
 MASKED_LM = Task(
     "masked-lm", "AutoModelForMaskedLM", ("ForMaskedLM",), ("labels",),
-    True, "masked language modelling: the masked tokens (BERT pre-training)",
+    True, "masked language modelling: the masked tokens (BERT pre-training)", "fill-mask",
 )  # fmt: skip
 CAUSAL_LM = Task(
     "causal-lm", "AutoModelForCausalLM", ("ForCausalLM", "LMHeadModel"), ("labels",),
-    True, "causal language modelling: the next token (GPT-2, Llama, Qwen2)",
+    True, "causal language modelling: the next token (GPT-2, Llama, Qwen2)", "text-generation",
 )  # fmt: skip
 _ALL = (SEQUENCE_CLASSIFICATION, TOKEN_CLASSIFICATION, QUESTION_ANSWERING, MASKED_LM, CAUSAL_LM)
 TASKS: dict[str, Task] = {task.name: task for task in _ALL}
@@ -77,15 +80,19 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
+def task_of_class(class_name: str | None) -> Task | None:
+    """The task whose head a model class name ends with (`BertForTokenClassification` -> token-classification)."""
+    return next((t for t in TASKS.values() if class_name and class_name.endswith(t.class_suffixes)), None)
+
+
 def detect_task(model: Any) -> Task:
     """The task of a model, from its class name (`BertForTokenClassification` -> `token-classification`)."""
-    class_name = type(model).__name__
-    for task in TASKS.values():
-        if class_name.endswith(task.class_suffixes):
-            return task
+    task = task_of_class(type(model).__name__)
+    if task is not None:
+        return task
     heads = ", ".join(suffix for task in TASKS.values() for suffix in task.class_suffixes)
     raise ValueError(
-        f"cannot distil a {class_name}: hf-distill supports models whose class ends with {heads}. Load the "
+        f"cannot distil a {type(model).__name__}: hf-distill supports models whose class ends with {heads}. Load the "
         "teacher and the student with the Auto class of their task, e.g. AutoModelForSequenceClassification."
     )
 
