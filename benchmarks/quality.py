@@ -1,91 +1,138 @@
-"""Quality on real data: does distillation close the gap between a 3-layer student and its 6-layer teacher?
+"""The quality study: does a student distilled with hf-distill beat the same student fine-tuned alone?
 
-1. Fine-tune the pretrained MiniLM-L6 (6 layers, 22.7M parameters) on SST-2 train: the teacher. Cached on disk
-   under `benchmarks/.cache/` (gitignored), keyed on its settings, so later runs reuse it.
-2. Build a 3-layer student from the fine-tuned teacher's embeddings, layers [1, 3, 5], pooler and classifier.
-3. Train it (a) with cross-entropy only (plain `Trainer`), (b) with `DistillationTrainer` under each chosen
-   setting; same initial weights, same steps, same batches in the same order, same learning rate.
-4. Report validation accuracy (2,000 held-out SST-2 rows) of the teacher, (a) and (b), the retention
-   (b) / teacher and the gap closed ((b) - (a)) / (teacher - (a)).
+One student, several *arms* (ways to train it), several seeds each, an equal budget of optimizer steps, scored on a
+validation split that cannot leak (SST-2 split by whole sentence, see ../shared/data/README.md):
 
-Commands (from the repository root):
+1. The teacher is the pretrained checkpoint fine-tuned until validation accuracy stops improving (evaluated every
+   `--teacher-eval-steps`, best checkpoint kept, early stop after `--teacher-patience` evaluations without gain).
+   It is cached under `benchmarks/.cache/`, keyed on its settings and on the data files' content.
+2. The student copies the fine-tuned teacher's embeddings, chosen layers, pooler and classifier.
+3. Each arm trains the student for the same number of steps (`--epochs` of the original training set), seeds
+   0..n-1 (data order, dropout); the CE-only arms use the plain `Trainer` over a learning-rate grid and the best
+   one *for CE* is the baseline. Validation accuracy is taken every `steps // 8` steps for the curves.
+4. The summary reports, per arm: mean +- std of accuracy, retention (arm / teacher), gap closed
+   ((arm - CE) / (teacher - CE)) and the paired per-seed difference to CE-only with its standard error.
 
-    nice python benchmarks/quality.py                 # full run, about 30 min on 2 CPU cores (teacher cached after)
-    python benchmarks/quality.py --quick              # smoke run, a few minutes
-    nice python benchmarks/quality.py --configs seed kd_t2 --seeds 0 1 --steps 1200   # any subset / more seeds
+Every finished run is appended to `benchmarks/results/<results>.jsonl` as it ends, and skipped when the same run is
+asked for again: an interrupted study resumes where it stopped. Commands (repository root):
 
-Results: a table on stdout and `benchmarks/results/quality.json` (`quality_quick.json` for `--quick`).
+    nice -n 19 python benchmarks/quality.py                    # the study at the small scale, arms x 3 seeds
+    nice -n 19 python benchmarks/quality.py --seeds 0 --arms ce_lr1e-4 recommended   # a subset
+    python benchmarks/quality.py --summary                     # table + plot from the results file, no training
+    python benchmarks/quality.py --quick                       # smoke run: tiny budgets, a separate results file
+    nice -n 19 python benchmarks/quality.py --scale mpnet --seeds 0 --arms ce_lr5e-5 seed recommended
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
+import json
+import math
+import shutil
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common  # noqa: E402
 
-from hf_distill.recipes import RECIPES  # noqa: E402
+# ---- the scales --------------------------------------------------------------------------------------------------
 
-# The settings compared. "seed" is the lab notebook's (and the library's default) weighting.
-CONFIGS: dict[str, dict] = {
-    "seed": dict(temperature=4.0, alpha=0.1, beta=0.5, gamma=0.4, attention_loss="mse"),
-    "kd_t2": dict(temperature=2.0, alpha=0.5, beta=1.0, gamma=0.0, attention_loss="mse"),
-    "kd_t2_attn_kl": dict(temperature=2.0, alpha=0.5, beta=1.0, gamma=1.0, attention_loss="kl"),
-    "kd_t1_pure": dict(temperature=1.0, alpha=0.0, beta=1.0, gamma=0.0, attention_loss="mse"),
-    "kd_t4_pure": dict(temperature=4.0, alpha=0.0, beta=1.0, gamma=0.0, attention_loss="mse"),
-    "kd_t2_hidden": dict(temperature=2.0, alpha=0.5, beta=1.0, gamma=0.0, hidden_weight=1.0),
-    "kd_t1_hidden_pure": dict(temperature=1.0, alpha=0.0, beta=1.0, gamma=0.0, hidden_weight=1.0),
-    "kd_t2_hidden_attn_kl": dict(
-        temperature=2.0, alpha=0.5, beta=1.0, gamma=1.0, attention_loss="kl", hidden_weight=1.0
+SCALES: dict[str, dict[str, Any]] = {
+    # MiniLM-L6 (6 x 384, 22.7M) -> 3 layers.
+    "small": dict(model="minilm", student_layers=[1, 3, 5], teacher_lr=1e-4, teacher_eval_steps=300),
+    # all-mpnet-base-v2 (12 x 768, 110M) -> 6 layers; assembled from PyPI as ../shared/data/README.md says.
+    "mpnet": dict(model="mpnet", student_layers=[1, 3, 5, 7, 9, 11], teacher_lr=3e-5, teacher_eval_steps=400),
+}
+MPNET_DIR = Path.home() / ".cache" / "all-mpnet-base-v2" / "all-mpnet-base-v2"
+
+# ---- the arms ----------------------------------------------------------------------------------------------------
+# kind "ce": the plain Trainer. kind "kd": DistillationTrainer with `settings`; `augment` = transfer-set multiplier.
+
+KD_LR = 1e-4
+ARMS: dict[str, dict[str, Any]] = {
+    **{f"ce_lr{name}": dict(kind="ce", lr=float(name)) for name in ("3e-5", "1e-4", "2e-4")},
+    "seed": dict(kind="kd", lr=KD_LR, settings=dict(recipe="seed")),
+    "kd_alone": dict(kind="kd", lr=KD_LR, settings=dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0)),
+    **{
+        f"recipe_{name}": dict(kind="kd", lr=KD_LR, settings=dict(recipe=name))
+        for name in ("hinton", "distilbert", "tinybert", "minilm", "minilmv2")
+    },
+    # Levers, one at a time against kd_alone.
+    "kd_alone_t1": dict(kind="kd", lr=KD_LR, settings=dict(temperature=1.0, alpha=0.0, beta=1.0, gamma=0.0)),
+    "kd_alone_t4": dict(kind="kd", lr=KD_LR, settings=dict(temperature=4.0, alpha=0.0, beta=1.0, gamma=0.0)),
+    "kd_alpha0.5": dict(kind="kd", lr=KD_LR, settings=dict(temperature=2.0, alpha=0.5, beta=0.5, gamma=0.0)),
+    "kd_alone_lr2e-4": dict(kind="kd", lr=2e-4, settings=dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0)),
+    "kd_augment2": dict(
+        kind="kd", lr=KD_LR, augment=2, settings=dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0)
+    ),
+    # TinyBERT's two stages: intermediate layers (attention scores + hidden states) first, then predictions.
+    "two_stage": dict(
+        kind="kd", lr=KD_LR, stages=[
+            (0.3, dict(alpha=0.0, beta=0.0, gamma=1.0, attention_loss="score_mse", hidden_weight=1.0)),
+            (0.7, dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0)),
+        ],
+    ),  # fmt: skip
+    "kd_augment4": dict(
+        kind="kd", lr=KD_LR, augment=4, settings=dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0)
     ),
 }
-CONFIGS.update({f"recipe_{name}": dict(recipe=name) for name in RECIPES})  # the published recipes, as they stand
-DEFAULT_CONFIGS = ["seed", "kd_t2"]
-STUDENT_LAYERS = [1, 3, 5]
+DEFAULT_ARMS = ["ce_lr3e-5", "ce_lr1e-4", "ce_lr2e-4", "seed", "kd_alone", "recipe_hinton", "kd_augment2",
+                "recipe_distilbert", "recipe_tinybert", "recipe_minilm", "recipe_minilmv2"]  # fmt: skip
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--quick", action="store_true", help="smoke run: tiny step counts, 500 validation rows")
-    parser.add_argument("--steps", type=int, default=800, help="optimizer steps for each student (default 800)")
-    parser.add_argument("--teacher-steps", type=int, default=1000, help="teacher fine-tuning steps (default 1000)")
+    parser.add_argument("--scale", choices=list(SCALES), default="small")
+    parser.add_argument("--arms", nargs="+", default=None, help=f"from {list(ARMS)}; default {DEFAULT_ARMS}")
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    parser.add_argument("--epochs", type=float, default=0.4, help="student budget, in epochs of the original set")
     parser.add_argument("--batch-size", type=int, default=32)
-    parser.add_argument("--lr", type=float, default=5e-5, help="learning rate of the students (default 5e-5)")
-    parser.add_argument("--teacher-lr", type=float, default=1e-4, help="teacher learning rate (default 1e-4)")
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--seeds", type=int, nargs="+", default=[0], help="training seeds (data order, dropout)")
-    parser.add_argument("--configs", nargs="+", default=None, help=f"from {list(CONFIGS)}; default {DEFAULT_CONFIGS}")
-    parser.add_argument("--temperature", type=float, help="add a 'custom' config with these settings")
-    parser.add_argument("--alpha", type=float)
-    parser.add_argument("--beta", type=float)
-    parser.add_argument("--gamma", type=float)
-    parser.add_argument("--attention-loss", choices=["mse", "kl"])
-    parser.add_argument("--no-teacher-cache", action="store_true", help="run the teacher every step even at gamma=0")
-    parser.add_argument("--output", default=None, help="results file name (default quality / quality_quick)")
-    args = parser.parse_args(argv)
-    if args.quick:
-        args.steps, args.teacher_steps = min(args.steps, 30), min(args.teacher_steps, 40)
-    names = args.configs or DEFAULT_CONFIGS
-    unknown = [n for n in names if n not in CONFIGS]
+    parser.add_argument("--max-length", type=int, default=64, help="SST-2 phrases average 9 words")
+    parser.add_argument("--teacher-max-epochs", type=float, default=2.0)
+    parser.add_argument("--teacher-patience", type=int, default=2, help="evaluations without gain before stopping")
+    parser.add_argument("--results", default=None, help="results file stem (default quality_study_<scale>)")
+    parser.add_argument("--summary", action="store_true", help="only summarise the results file")
+    parser.add_argument("--quick", action="store_true", help="smoke run: tiny budgets, quality_quick results")
+    parser.add_argument("--plan", default=None, help="file of 'arm seed' lines, re-read before every run")
+    parser.add_argument("--arms-file", default=None, help="JSON of extra arms, re-read before every run")
+    parser.add_argument("--follow", action="store_true", help="with --plan: wait for new lines instead of exiting")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
+    opts = parser.parse_args(argv)
+    opts.arms = opts.arms or DEFAULT_ARMS
+    unknown = [a for a in opts.arms if a not in ARMS]
     if unknown:
-        parser.error(f"unknown --configs {unknown}; choose from {list(CONFIGS)}")
-    args.settings = {n: CONFIGS[n] for n in names}
-    custom = {k: getattr(args, k) for k in ("temperature", "alpha", "beta", "gamma", "attention_loss")}
-    if any(v is not None for v in custom.values()):
-        base = dict(CONFIGS["seed"])
-        base.update({k: v for k, v in custom.items() if v is not None})
-        args.settings["custom"] = base
-    return args
+        parser.error(f"unknown --arms {unknown}; choose from {list(ARMS)}")
+    opts.results = opts.results or ("quality_quick" if opts.quick else f"quality_study_{opts.scale}")
+    return opts
 
 
-def accuracy(model, dataset, collator, batch_size: int = 128) -> float:
-    """Validation accuracy, in evaluation mode, sequential batches."""
+# ---- data and models ---------------------------------------------------------------------------------------------
+
+
+def file_digest(*paths: Path) -> str:
+    digest = hashlib.sha256()
+    for path in paths:
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def pretrained_path(scale: str) -> str:
+    if SCALES[scale]["model"] == "minilm":
+        return _common.minilm_path()
+    if not (MPNET_DIR / "config.json").is_file():
+        sys.exit(f"all-mpnet-base-v2 not found at {MPNET_DIR}: assemble it as ../shared/data/README.md says.")
+    return str(MPNET_DIR)
+
+
+def accuracy(model, dataset, collator, batch_size: int = 256) -> float:
+    """Validation accuracy, in evaluation mode, sequential batches; the model's mode is restored afterwards."""
+    was_training = model.training
     model.eval()
     device = next(model.parameters()).device
     loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
@@ -95,136 +142,318 @@ def accuracy(model, dataset, collator, batch_size: int = 128) -> float:
             labels = batch.pop("labels").to(device)
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits
             correct += (logits.argmax(dim=-1) == labels).sum().item()
+    model.train(was_training)
     return correct / len(dataset)
 
 
-def common_training_args(out: Path, steps: int, opts: argparse.Namespace, seed: int, lr: float) -> dict:
+def curve_callback(val, collator, every: int, curve: list):
+    """Appends (step, validation accuracy) every `every` steps and at the end."""
+    from transformers import TrainerCallback
+
+    class Curve(TrainerCallback):
+        def on_step_end(self, args, state, control, model=None, **kwargs):
+            if state.global_step % every == 0 or state.global_step == state.max_steps:
+                curve.append((state.global_step, accuracy(model, val, collator)))
+
+    return Curve()
+
+
+def training_args(out: Path, steps: int, opts, seed: int, lr: float) -> dict:
     return dict(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=opts.batch_size,
-        learning_rate=lr, warmup_steps=max(1, steps // 16), weight_decay=0.01, logging_steps=max(1, steps // 8),
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=opts.batch_size, learning_rate=lr,
+        warmup_steps=0.06, lr_scheduler_type="linear", weight_decay=0.01, logging_steps=max(1, steps // 16),
         save_strategy="no", report_to=[], disable_tqdm=True, seed=seed, data_seed=seed,
-        use_cpu=not torch.cuda.is_available(),
+        use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
     )  # fmt: skip
 
 
-def fine_tuned_teacher(opts: argparse.Namespace, train, val, collator):
-    """The MiniLM-L6 teacher fine-tuned on SST-2, trained once and then loaded from `benchmarks/.cache/`."""
-    import json
+def converged_teacher(opts, train, val, collator, tokenizer, data_key: str):
+    """The pretrained checkpoint fine-tuned to convergence on validation (best checkpoint), cached on disk."""
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
 
-    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments
-
-    tag = f"teacher_sst2_steps{opts.teacher_steps}_bs{opts.batch_size}_lr{opts.teacher_lr:g}"
-    tag += f"_len{opts.max_length}_seed0"
-    folder = _common.CACHE_DIR / tag
+    scale = SCALES[opts.scale]
+    settings = dict(
+        scale=opts.scale, lr=scale["teacher_lr"], batch=opts.batch_size, max_length=opts.max_length,
+        eval_steps=scale["teacher_eval_steps"], patience=opts.teacher_patience, max_epochs=opts.teacher_max_epochs,
+        data=data_key, quick=opts.quick, seed=0,
+    )  # fmt: skip
+    key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
+    folder = _common.CACHE_DIR / f"teacher_{opts.scale}_{key}"
     record = folder / "teacher_eval.json"
     if record.is_file():
+        from transformers import AutoModelForSequenceClassification
+
         print(f"teacher: reusing {folder.relative_to(_common.ROOT)}", flush=True)
-        teacher = AutoModelForSequenceClassification.from_pretrained(folder)
-        return teacher, json.loads(record.read_text())
-    teacher, _ = _common.load_teacher_and_tokenizer(seed=0)
-    print(f"teacher: fine-tuning MiniLM-L6 for {opts.teacher_steps} steps (cached afterwards) ...", flush=True)
+        return AutoModelForSequenceClassification.from_pretrained(folder), json.loads(record.read_text())
+    teacher, _ = _common.load_teacher_and_tokenizer(pretrained_path(opts.scale), seed=0)
+    work = _common.CACHE_DIR / f"tmp_teacher_{key}"
+    eval_steps = 10 if opts.quick else settings["eval_steps"]
     args = TrainingArguments(
-        **common_training_args(_common.CACHE_DIR / "tmp_teacher", opts.teacher_steps, opts, 0, opts.teacher_lr)
-    )
+        output_dir=str(work), num_train_epochs=opts.teacher_max_epochs, max_steps=40 if opts.quick else -1,
+        per_device_train_batch_size=opts.batch_size, per_device_eval_batch_size=256, learning_rate=settings["lr"],
+        warmup_steps=0.06, weight_decay=0.01, eval_strategy="steps", eval_steps=eval_steps, save_strategy="steps",
+        save_steps=eval_steps, save_total_limit=2, load_best_model_at_end=True, metric_for_best_model="accuracy",
+        logging_steps=eval_steps, report_to=[], disable_tqdm=True, seed=0, use_cpu=not torch.cuda.is_available(),
+    )  # fmt: skip
+
+    def compute_metrics(prediction) -> dict[str, float]:
+        return {"accuracy": float((prediction.predictions.argmax(-1) == prediction.label_ids).mean())}
+
+    print(f"teacher: fine-tuning {opts.scale} until validation accuracy stops improving ...", flush=True)
     started = time.perf_counter()
-    Trainer(model=teacher, args=args, train_dataset=train, data_collator=collator).train()
-    seconds = time.perf_counter() - started
-    info = {"val_accuracy": accuracy(teacher, val, collator), "train_seconds": seconds, "steps": opts.teacher_steps}
+    trainer = Trainer(
+        model=teacher, args=args, train_dataset=train, eval_dataset=val, data_collator=collator,
+        compute_metrics=compute_metrics,
+        callbacks=[EarlyStoppingCallback(early_stopping_patience=opts.teacher_patience)],
+    )  # fmt: skip
+    trainer.train()
+    curve = [(h["step"], h["eval_accuracy"]) for h in trainer.state.log_history if "eval_accuracy" in h]
+    info = {
+        "val_accuracy": accuracy(teacher, val, collator), "best_checkpoint": trainer.state.best_model_checkpoint,
+        "steps_run": trainer.state.global_step, "curve": curve, "train_seconds": time.perf_counter() - started,
+        "settings": settings,
+    }  # fmt: skip
     teacher.save_pretrained(folder)
-    record.write_text(json.dumps(info, indent=2))
+    tokenizer.save_pretrained(folder)
+    (folder / "teacher_eval.json").write_text(json.dumps(info, indent=2))  # written last: marks a complete cache
+    shutil.rmtree(work, ignore_errors=True)
+    print(f"teacher: {info['val_accuracy']:.4f} after {info['steps_run']} steps, best {info['best_checkpoint']}")
     return teacher, info
 
 
-def train_student(teacher, settings: dict | None, train, collator, opts, seed: int, use_cache: bool):
-    """(a) plain Trainer when `settings` is None, else (b) DistillationTrainer; returns the student and seconds."""
+def transfer_set(train, tokenizer, teacher, multiplier: int, opts, data_key: str):
+    """The training set plus `multiplier` augmented copies of each row (label -100: the teacher labels them)."""
+    from datasets import Dataset
+    from hf_distill.augment import augment_dataset, embedding_neighbours
+
+    folder = _common.CACHE_DIR / f"augmented_x{multiplier}_{data_key}_len{opts.max_length}"
+    if not (folder / "dataset_info.json").is_file():
+        started = time.perf_counter()
+        raw = Dataset.from_dict(_common.read_sst2("train", limit=200 if opts.quick else None))
+        neighbours = embedding_neighbours(teacher, tokenizer)
+        augmented = augment_dataset(
+            raw, text_columns=["sentence"], multiplier=multiplier, tokenizer=tokenizer, word_neighbours=neighbours,
+            seed=0,
+        )  # fmt: skip
+        tokenized = augmented.map(
+            lambda rows: tokenizer(rows["sentence"], truncation=True, max_length=opts.max_length),
+            batched=True, remove_columns=["sentence"],
+        )  # fmt: skip
+        tokenized.save_to_disk(str(folder))
+        print(f"transfer set x{multiplier}: {len(tokenized)} rows in {time.perf_counter() - started:.0f} s")
+    from datasets import load_from_disk
+
+    return load_from_disk(str(folder))
+
+
+# ---- one run -----------------------------------------------------------------------------------------------------
+
+
+def arm_table(opts) -> dict[str, dict[str, Any]]:
+    """The built-in arms plus those of `--arms-file` (JSON, re-read before every run, so arms can be added live)."""
+    extra = json.loads(Path(opts.arms_file).read_text()) if opts.arms_file else {}
+    return ARMS | extra
+
+
+def make_trainer(student, teacher, arm: dict, settings: dict | None, steps: int, seed: int, train, data, opts,
+                 callbacks):  # fmt: skip
+    """The plain `Trainer` (CE only) when `settings` is None, else `DistillationTrainer` (teacher logits cached
+    when only the logits are needed)."""
     from transformers import Trainer, TrainingArguments
 
     from hf_distill import DistillationArguments, DistillationTrainer
 
-    student = _common.student_from_layers(teacher, STUDENT_LAYERS)
-    common = common_training_args(_common.CACHE_DIR / "tmp_student", opts.steps, opts, seed, opts.lr)
+    common = training_args(_common.CACHE_DIR / "tmp_student", steps, opts, seed, arm["lr"])
     if settings is None:
-        trainer = Trainer(model=student, args=TrainingArguments(**common), train_dataset=train, data_collator=collator)
-    else:
-        args = DistillationArguments(**common, **settings, layer_map=STUDENT_LAYERS)
-        if use_cache and args.gamma == 0 and args.hidden_weight == 0 and args.relation_weight == 0:
-            cache = str(_common.CACHE_DIR / "teacher_logits")  # only the logits are needed: reuse them
-            args = DistillationArguments(**common, **settings, layer_map=STUDENT_LAYERS, teacher_cache_dir=cache)
-        trainer = DistillationTrainer(
-            model=student, teacher_model=teacher, args=args, train_dataset=train, data_collator=collator
-        )
+        args = TrainingArguments(**common)
+        return Trainer(model=student, args=args, train_dataset=train, data_collator=data["collator"],
+                       callbacks=callbacks)  # fmt: skip
+    layers = SCALES[opts.scale]["student_layers"]
+    args = DistillationArguments(**common, **settings, layer_map=layers)
+    if args.gamma == 0 and args.hidden_weight == 0 and args.relation_weight == 0:  # logits only: cache them
+        cache = str(_common.CACHE_DIR / "logits")  # keyed on the teacher and data: scales cannot collide
+        args = DistillationArguments(**common, **settings, layer_map=layers, teacher_cache_dir=cache)
+    return DistillationTrainer(model=student, teacher_model=teacher, args=args, train_dataset=train,
+                               data_collator=data["collator"], callbacks=callbacks)  # fmt: skip
+
+
+def run_arm(name: str, seed: int, teacher, data: dict, opts) -> dict:
+    """One arm, one seed: the student trained for `data["steps"]` steps; stages (TinyBERT's two) split the steps."""
+    arm = arm_table(opts)[name]
+    student = _common.student_from_layers(teacher, SCALES[opts.scale]["student_layers"])
+    steps = data["steps"]
+    train = data["train"]
+    if arm.get("augment"):
+        train = transfer_set(data["train"], data["tokenizer"], teacher, arm["augment"], opts, data["key"])
+    # (fraction of the steps, settings or None for CE only) per stage
+    stages = arm.get("stages") or [(1.0, None if arm["kind"] == "ce" else arm["settings"])]
+    curve: list = []
     started = time.perf_counter()
-    trainer.train()
-    return student, time.perf_counter() - started, trainer.state.log_history
+    done = 0
+    for index, (fraction, settings) in enumerate(stages):
+        stage_steps = steps - done if index == len(stages) - 1 else round(fraction * steps)
+        stage_curve: list = []
+        callbacks = [curve_callback(data["val"], data["collator"], max(1, steps // 6), stage_curve)]
+        make_trainer(student, teacher, arm, settings, stage_steps, seed, train, data, opts, callbacks).train()
+        curve += [(done + step, acc) for step, acc in stage_curve]
+        done += stage_steps
+    return {
+        "arm": name, "kind": arm["kind"], "seed": seed, "steps": steps, "accuracy": curve[-1][1], "curve": curve,
+        "seconds": time.perf_counter() - started, "lr": arm["lr"], "settings": arm.get("settings"),
+        "stages": arm.get("stages"), "augment": arm.get("augment", 0), "train_rows": len(train),
+    }  # fmt: skip
+
+
+def planned_runs(opts) -> list[tuple[str, int]]:
+    """(arm, seed) in order: from `--plan` (re-read before every run, so a running study can be extended), else every
+    arm once per seed before any arm twice, so that partial results cover all arms."""
+    if opts.plan is None:
+        return [(arm, seed) for seed in opts.seeds for arm in opts.arms]
+    pairs = [line.split() for line in Path(opts.plan).read_text().splitlines() if line.strip() and line[0] != "#"]
+    arms = arm_table(opts)
+    unknown = [arm for arm, _ in pairs if arm not in arms]
+    if unknown:
+        print(f"plan {opts.plan}: unknown arms {unknown} skipped", flush=True)
+    return [(arm, int(seed)) for arm, seed in pairs if arm in arms]
+
+
+def next_run(opts, results: Path, steps: int) -> tuple[str, int] | None:
+    """The first planned run not yet in the results file; with `--follow`, wait for the plan to grow."""
+    while True:
+        done = {(r["arm"], r["seed"]) for r in load_runs(results) if r["steps"] == steps}
+        todo = [pair for pair in planned_runs(opts) if pair not in done]
+        if todo or not opts.follow:
+            return todo[0] if todo else None
+        time.sleep(30)
+
+
+# ---- summary -----------------------------------------------------------------------------------------------------
+
+
+def load_runs(path: Path) -> list[dict]:
+    if not path.is_file():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def summarise(runs: list[dict], teacher_acc: float) -> tuple[list[dict], str | None]:
+    """Per arm: mean +- std, retention, gap closed, paired difference to the best CE-only arm (+- its s.e.)."""
+    by_arm: dict[str, dict[int, float]] = {}
+    seconds: dict[str, list[float]] = {}
+    for run in runs:
+        by_arm.setdefault(run["arm"], {})[run["seed"]] = run["accuracy"]
+        seconds.setdefault(run["arm"], []).append(run["seconds"])
+    ce_arms = {a: s for a, s in by_arm.items() if a.startswith("ce_")}  # the plain Trainer's arms
+    baseline = max(ce_arms, key=lambda a: (len(ce_arms[a]), statistics.mean(ce_arms[a].values())), default=None)
+    ce = by_arm[baseline] if baseline else {}
+    ce_mean = statistics.mean(ce.values()) if ce else math.nan
+    rows = []
+    for arm, accs in by_arm.items():
+        values = list(accs.values())
+        mean = statistics.mean(values)
+        paired = [accs[s] - ce[s] for s in accs if s in ce]
+        row = {
+            "arm": arm, "n": len(values), "mean": mean, "std": statistics.stdev(values) if len(values) > 1 else 0.0,
+            "retention": mean / teacher_acc,
+            "gap_closed": (mean - ce_mean) / (teacher_acc - ce_mean) if teacher_acc > ce_mean else math.nan,
+            "diff": statistics.mean(paired) if paired else math.nan,
+            "diff_se": statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) > 1 else math.nan,
+            "minutes": statistics.mean(seconds[arm]) / 60,
+        }  # fmt: skip
+        rows.append(row)
+    rows.sort(key=lambda r: -r["mean"])
+    return rows, baseline
+
+
+def print_summary(rows: list[dict], baseline: str | None, teacher_acc: float) -> None:
+    print(f"\nteacher {100 * teacher_acc:.2f}%; baseline (best CE-only learning rate): {baseline}")
+    print(f"{'arm':<20} {'n':>2} {'accuracy %':>14} {'retention':>9} {'gap closed':>10} {'vs CE (paired)':>18} "
+          f"{'min/run':>7}")  # fmt: skip
+    for r in rows:
+        diff = "" if math.isnan(r["diff"]) else f"{100 * r['diff']:+.2f} ± {100 * r['diff_se']:.2f}"
+        accuracy_cell = f"{100 * r['mean']:.2f} ± {100 * r['std']:.2f}"
+        print(f"{r['arm']:<20} {r['n']:>2} {accuracy_cell:>14} {100 * r['retention']:>8.1f}% "
+              f"{100 * r['gap_closed']:>9.0f}% {diff:>18} {r['minutes']:>7.1f}")  # fmt: skip
+
+
+def plot_curves(runs: list[dict], arms: list[str], teacher_acc: float, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for arm in arms:
+        curves = [r["curve"] for r in runs if r["arm"] == arm]
+        if not curves:
+            continue
+        steps = [s for s, _ in curves[0]]
+        mean = [statistics.mean(c[i][1] for c in curves if len(c) > i) for i in range(len(steps))]
+        ax.plot(steps, [100 * m for m in mean], marker="o", ms=3, label=f"{arm} (n={len(curves)})")
+    ax.axhline(100 * teacher_acc, color="black", ls="--", lw=1, label="teacher")
+    ax.set_xlabel("student optimizer steps")
+    ax.set_ylabel("SST-2 validation accuracy (%)")
+    ax.legend(fontsize=8)
+    ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    print(f"wrote {path.relative_to(_common.ROOT)}")
+
+
+# ---- main --------------------------------------------------------------------------------------------------------
 
 
 def main(argv: list[str] | None = None) -> None:
     opts = parse_args(argv)
+    if opts.threads:
+        torch.set_num_threads(opts.threads)
+    results = _common.RESULTS_DIR / f"{opts.results}.jsonl"
+    meta_path = _common.RESULTS_DIR / f"{opts.results}_meta.json"
+    if opts.summary:
+        meta = json.loads(meta_path.read_text())
+        runs = load_runs(results)
+        rows, baseline = summarise(runs, meta["teacher"]["val_accuracy"])
+        print_summary(rows, baseline, meta["teacher"]["val_accuracy"])
+        main_arms = [baseline, "seed", "kd_alone", "recommended", *[a for a in ARMS if "augment" in a]]
+        plot_curves(runs, [a for a in main_arms if a], meta["teacher"]["val_accuracy"],
+                    _common.RESULTS_DIR / f"{opts.results}_curves.png")  # fmt: skip
+        _common.write_results(opts.results + "_summary", {"meta": meta, "summary": rows, "baseline": baseline})
+        return
+
     info = _common.machine_info()
     _common.print_machine(info)
-    _common.require_sst2()
-    from transformers import DataCollatorWithPadding
+    sst2 = _common.require_sst2()
+    from transformers import AutoTokenizer, DataCollatorWithPadding
 
-    _, tokenizer = _common.load_teacher_and_tokenizer()
-    train = _common.tokenized_sst2(tokenizer, "train", opts.max_length)
-    val = _common.tokenized_sst2(tokenizer, "validation", opts.max_length, limit=500 if opts.quick else None)
+    tokenizer = AutoTokenizer.from_pretrained(pretrained_path(opts.scale))
+    limit = 2000 if opts.quick else None
+    train = _common.tokenized_sst2(tokenizer, "train", opts.max_length, limit=limit)
+    val = _common.tokenized_sst2(tokenizer, "validation", opts.max_length, limit=300 if opts.quick else None)
     collator = DataCollatorWithPadding(tokenizer)
-    if torch.cuda.is_available():
-        torch.set_default_device("cpu")
-
-    teacher, teacher_info = fine_tuned_teacher(opts, train, val, collator)
-    teacher_acc = accuracy(teacher, val, collator)
-    print(f"teacher: validation accuracy {teacher_acc:.4f}", flush=True)
-
-    runs = []
-    for seed in opts.seeds:
-        student, seconds, _ = train_student(teacher, None, train, collator, opts, seed, use_cache=False)
-        accuracy_a = accuracy(student, val, collator)
-        runs.append({"config": "ce_only", "seed": seed, "accuracy": accuracy_a, "seconds": seconds})
-        print(f"seed {seed} ce_only: {runs[-1]['accuracy']:.4f} ({seconds:.0f} s)", flush=True)
-        for name, settings in opts.settings.items():
-            student, seconds, history = train_student(
-                teacher, settings, train, collator, opts, seed, use_cache=not opts.no_teacher_cache
-            )
-            last = next((h for h in reversed(history) if "loss_ce" in h), {})
-            terms = {k: last.get(k) for k in ("loss_ce", "loss_kd", "loss_attn", "loss_hidden")}
-            runs.append(
-                {"config": name, "seed": seed, "accuracy": accuracy(student, val, collator), "seconds": seconds,
-                 "settings": settings, "last_logged_terms": terms}
-            )  # fmt: skip
-            print(f"seed {seed} {name}: {runs[-1]['accuracy']:.4f} ({seconds:.0f} s) {terms}", flush=True)
-
-    rows = summarise(runs, teacher_acc)
-    print()
-    print(f"SST-2 validation ({len(val)} rows), teacher {teacher_acc:.4f}; students: {opts.steps} steps x batch "
-          f"{opts.batch_size}, lr {opts.lr:g}, seeds {opts.seeds}")  # fmt: skip
-    _common.print_table(rows, ["config", "accuracy", "retention", "gap_closed", "seconds", "settings"])
-    _common.write_results(
-        opts.output or ("quality_quick" if opts.quick else "quality"),
-        {"machine": info, "options": {k: v for k, v in vars(opts).items() if k != "settings"},
-         "student_source": _common.student_from_layers.source, "student_layers": STUDENT_LAYERS,
-         "teacher": {"val_accuracy": teacher_acc, **teacher_info}, "validation_rows": len(val),
-         "runs": runs, "summary": rows},
-    )  # fmt: skip
-
-
-def summarise(runs: list[dict], teacher_acc: float) -> list[dict]:
-    """Mean accuracy per config over seeds, with retention and gap closed against the CE-only mean."""
-    by_config: dict[str, list[dict]] = {}
-    for run in runs:
-        by_config.setdefault(run["config"], []).append(run)
-    ce = statistics.mean(r["accuracy"] for r in by_config["ce_only"])
-    rows = []
-    for name, group in by_config.items():
-        acc = statistics.mean(r["accuracy"] for r in group)
-        gap = teacher_acc - ce
-        rows.append({
-            "config": name, "accuracy": acc, "retention": acc / teacher_acc,
-            "gap_closed": (acc - ce) / gap if name != "ce_only" and gap > 0 else None,
-            "seconds": statistics.mean(r["seconds"] for r in group),
-            "settings": " ".join(f"{k}={v}" for k, v in group[0].get("settings", {}).items()) or "alpha=1 (CE only)",
-        })  # fmt: skip
-    return rows
+    data_key = file_digest(sst2 / "train.tsv", sst2 / "validation.tsv")
+    teacher, teacher_info = converged_teacher(opts, train, val, collator, tokenizer, data_key)
+    teacher.eval()
+    steps = max(1, round(opts.epochs * len(train) / opts.batch_size)) if not opts.quick else 20
+    meta = {
+        "machine": info, "scale": opts.scale, "student_layers": SCALES[opts.scale]["student_layers"],
+        "teacher": teacher_info, "validation_rows": len(val), "train_rows": len(train), "steps": steps,
+        "epochs": opts.epochs, "batch_size": opts.batch_size, "max_length": opts.max_length,
+        "student_before": accuracy(_common.student_from_layers(teacher, SCALES[opts.scale]["student_layers"]),
+                                   val, collator),
+    }  # fmt: skip
+    _common.RESULTS_DIR.mkdir(parents=True, exist_ok=True)
+    meta_path.write_text(json.dumps(meta, indent=2, default=str))
+    print(f"teacher {teacher_info['val_accuracy']:.4f}, student before training {meta['student_before']:.4f}, "
+          f"{steps} steps per run", flush=True)  # fmt: skip
+    data = {"train": train, "val": val, "collator": collator, "tokenizer": tokenizer, "steps": steps, "key": data_key}
+    while (todo := next_run(opts, results, steps)) is not None:
+        arm, seed = todo
+        run = run_arm(arm, seed, teacher, data, opts)
+        with results.open("a") as handle:
+            handle.write(json.dumps(run) + "\n")
+        print(f"seed {seed} {arm}: {100 * run['accuracy']:.2f}% ({run['seconds'] / 60:.1f} min)", flush=True)
+    rows, baseline = summarise(load_runs(results), teacher_info["val_accuracy"])
+    print_summary(rows, baseline, teacher_info["val_accuracy"])
 
 
 if __name__ == "__main__":
