@@ -414,7 +414,7 @@ class DistillationTrainer(Trainer):
                 sums[name] = [total.clone(), count.clone()]
 
     def _pop_term_means(self, mode: str) -> dict[str, float]:
-        """Average each term over the examples seen since the last call, across all processes."""
+        """Average each term over its units since the last call, across all processes (terms with no unit left out)."""
         sums = self._term_sums[mode]
         means = {}
         for name in _TERMS:
@@ -423,7 +423,9 @@ class DistillationTrainer(Trainer):
             pair = torch.stack(sums[name]).to(self.args.device)
             if self.args.world_size > 1:
                 pair = self.accelerator.reduce(pair, reduction="sum")
-            means[name] = (pair[0] / pair[1].clamp_min(1)).item()
+            total, count = pair.tolist()
+            if count > 0:  # e.g. no labelled row in the window (a transfer set): no CE to report, rather than 0
+                means[name] = total / count
         sums.clear()
         return means
 
