@@ -71,6 +71,8 @@ class DistillationTrainer(Trainer):
 
     # compute_loss normalises by the number of examples in the whole accumulated (and distributed) batch.
     loss_is_scaled_for_ga = True
+    # How the training set was augmented (`hf_distill.augment`), if it was: recorded in distillation_config.json.
+    augmentation: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -498,6 +500,7 @@ class DistillationTrainer(Trainer):
             best_metric=self.state.best_metric,
             best_model_checkpoint=self.state.best_model_checkpoint,
             training_time_seconds=round(self._prior_training_seconds + elapsed, 3),
+            augmentation=self.augmentation,
             teacher_lineage=self._teacher_lineage,
             versions=library_versions(),
         )
