@@ -101,3 +101,29 @@ def test_augment_is_refused_for_tasks_without_sentences(assets, tmp_path):  # no
     args = DataArguments(train_file=str(path), validation_file=str(path))
     with pytest.raises(ValueError, match="--task token-classification is not supported: drop --augment"):
         prepare_task_data(TASKS["token-classification"], False, args, tokenizer, None, augment=lambda d, c: d)
+
+
+def test_augment_masked_lm_replaces_words_by_its_predictions(assets, tmp_path):  # noqa: F811
+    """A masked LM whose output bias ranks 'great', 'good', 'fine' first: every word becomes one of them."""
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    tokenizer = BertTokenizerFast.from_pretrained(assets["teacher"])
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                        intermediate_size=32, max_position_embeddings=64)  # fmt: skip
+    mlm = BertForMaskedLM(config)
+    vocab = tokenizer.get_vocab()
+    with torch.no_grad():
+        bias = mlm.cls.predictions.bias
+        bias.zero_()
+        bias[vocab["great"]], bias[vocab["good"]], bias[vocab["fine"]] = 200.0, 150.0, 100.0
+    mlm.save_pretrained(tmp_path / "mlm")
+    run = prepared(assets, tmp_path, augment=1, augment_masked_lm=str(tmp_path / "mlm"), augment_p_mask=0.0,
+                   augment_p_replace=1.0, augment_p_ngram=0.0, augment_top_k=2)  # fmt: skip
+    variants = [
+        tokenizer.decode(ids, skip_special_tokens=True).split() for ids in run.trainer.train_dataset["input_ids"][48:]
+    ]
+    # top 2 without the word itself: 'great' and 'good', or 'great' and 'fine' for 'good'
+    assert variants and all(set(words) <= {"great", "good", "fine"} for words in variants)
+    assert run.description["augmentation"]["masked_lm"] == str(tmp_path / "mlm")
