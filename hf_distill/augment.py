@@ -117,6 +117,7 @@ class _Candidates:
         self.tokenizer, self.neighbours, self.masked_lm = tokenizer, word_neighbours, masked_lm
         self.top_k, self.batch_size = top_k, batch_size
         self._single_piece: dict[str, bool] = {}
+        self._predicted: dict[tuple[tuple[str, ...], int], tuple[str, ...]] = {}  # the same request, once
         if masked_lm is not None:
             self._vocab_words = _whole_words(tokenizer)
 
@@ -139,10 +140,18 @@ class _Candidates:
                 by_mlm.append(n)
             else:
                 found[n] = self._neighbours_of(words[position])
-        for start in range(0, len(by_mlm), self.batch_size):
-            chunk = by_mlm[start : start + self.batch_size]
-            for n, candidates in zip(chunk, self._predict([requests[n] for n in chunk])):
-                found[n] = candidates
+        todo = list(dict.fromkeys(requests[n] for n in by_mlm if requests[n] not in self._predicted))
+        if todo:
+            training = self.masked_lm.training
+            self.masked_lm.eval()  # no dropout: the same predictions every time
+            try:
+                for start in range(0, len(todo), self.batch_size):
+                    chunk = todo[start : start + self.batch_size]
+                    self._predicted.update(zip(chunk, self._predict(chunk)))
+            finally:
+                self.masked_lm.train(training)
+        for n in by_mlm:
+            found[n] = self._predicted[requests[n]]
         return found
 
     @torch.no_grad()
@@ -159,15 +168,14 @@ class _Candidates:
             if len(where) != 1:  # truncated away
                 found.append(())
                 continue
-            ranked = logits[row, where[0, 0]].float().argsort(descending=True).tolist()
+            scores = logits[row, where[0, 0]].float()  # (V,)
             original, picked = words[position].lower(), []
-            for index in ranked:
-                word = self._vocab_words.get(index)
-                if word is not None and word.lower() != original:
-                    picked.append(word)
-                    if len(picked) == self.top_k:
-                        break
-            found.append(tuple(picked))
+            ranked = scores.topk(min(len(scores), 4 * self.top_k + 16)).indices.tolist()  # usually enough words
+            picked = [w for i in ranked if (w := self._vocab_words.get(i)) is not None and w.lower() != original]
+            if len(picked) < self.top_k and len(ranked) < len(scores):  # many pieces or specials on top: rank all
+                ranked = scores.argsort(descending=True).tolist()
+                picked = [w for i in ranked if (w := self._vocab_words.get(i)) is not None and w.lower() != original]
+            found.append(tuple(picked[: self.top_k]))
         return found
 
 
@@ -343,7 +351,7 @@ def augment_dataset(
             `["premise", "hypothesis"]`.
         multiplier (`int`): variants per row (0 returns `dataset` unchanged).
         label_column (`str`, *optional*, defaults to `"label"`): set to `-100` in the new rows; integer class ids
-            (`None`: the data has no labels).
+            (`None`: the data has no labels). It becomes `int64` (a `ClassLabel` cannot hold `-100`).
 
     Returns:
         `datasets.Dataset`: `len(dataset)` original rows, then up to `multiplier * len(dataset)` new ones.

@@ -214,7 +214,11 @@ def test_masked_lm_candidates_are_its_top_whole_word_predictions(tokenizer):
             bias[vocab[token]] = value  # '##s' and '[SEP]' rank first but are not whole words
     kwargs = dict(multiplier=1, tokenizer=tokenizer, masked_lm=mlm, p_mask=0, p_replace=1, p_ngram=0, top_k=1,
                   deduplicate=False)  # fmt: skip
+    modes = []
+    mlm.register_forward_hook(lambda module, args, output: modes.append(module.training))
+    mlm.train()  # predicted in eval mode (no dropout), then left in training mode
     assert augment_texts(["the film"], **kwargs) == [["great great"]]
+    assert modes == [False] and mlm.training
     assert augment_texts(["great film"], **kwargs) == [["good great"]]  # never the word itself
     two = augment_texts(["the"] * 200, **{**kwargs, "top_k": 2})
     assert {v[0] for v in two} == {"great", "good"}
