@@ -4,6 +4,7 @@ __version__ = "0.1.0"
 
 from .args import DistillationArguments
 from .artifacts import DistillationRecord, load_distillation_config, load_training_history
+from .augment import augment_dataset, augment_texts, embedding_neighbours
 from .card import build_model_card, teacher_lineage
 from .checks import parse_config_file
 from .guards import NonFiniteLossError
@@ -32,12 +33,15 @@ __all__ = [
     "NonFiniteLossError",
     "TASKS",
     "attention_kl_loss",
+    "augment_dataset",
+    "augment_texts",
     "attention_mse_loss",
     "attention_score_mse_loss",
     "build_model_card",
     "build_student",
     "default_layer_map",
     "detect_task",
+    "embedding_neighbours",
     "hard_label_loss",
     "hidden_cosine_loss",
     "hidden_mse_loss",

@@ -78,6 +78,7 @@ class DistillationRecord:
     best_metric: float | None = None
     best_model_checkpoint: str | None = None
     training_time_seconds: float | None = None
+    augmentation: dict[str, Any] | None = None  # the transfer set's settings (hf_distill.augment), when one was made
     teacher_lineage: list[dict[str, Any]] = field(default_factory=list)
     versions: dict[str, str] = field(default_factory=dict)
 

@@ -88,6 +88,55 @@ class RunArguments:
     latency_samples: int = field(
         default=32, metadata={"help": "Single examples timed for the batch-size-1 latency in the report (0: skip)."}
     )
+    augment: int = field(
+        default=0,
+        metadata={"help": "Transfer set: add this many augmented variants of each training example (0: off), "
+                  "labelled by the teacher only (their cross-entropy term is skipped). Tang et al. 2019 / TinyBERT: "
+                  "words masked or replaced by embedding neighbours (or --augment_masked_lm predictions), n-grams "
+                  "sampled. Training set only; sequence classification and sentence pairs."},
+    )  # fmt: skip
+    augment_p_mask: float = field(default=0.1, metadata={"help": "--augment: probability a word is masked."})
+    augment_p_replace: float = field(
+        default=0.1, metadata={"help": "--augment: probability a word is replaced by a neighbour/MLM candidate."}
+    )
+    augment_p_ngram: float = field(
+        default=0.25, metadata={"help": "--augment: probability a variant is cut to an n-gram of itself."}
+    )
+    augment_max_ngram: int = field(default=5, metadata={"help": "--augment: n-grams have 1..max_ngram words."})
+    augment_top_k: int = field(
+        default=15, metadata={"help": "--augment: candidates per word (embedding neighbours or MLM predictions)."}
+    )
+    augment_masked_lm: str | None = field(
+        default=None,
+        metadata={"help": "--augment: a *ForMaskedLM model (path) sharing the teacher's tokenizer, to replace "
+                  "single-piece words by its predictions (TinyBERT); other words use the teacher's embedding "
+                  "neighbours. Default: embedding neighbours only."},
+    )  # fmt: skip
+
+    def __post_init__(self) -> None:
+        if self.augment < 0:
+            raise ValueError(f"--augment={self.augment} must be >= 0: augmented variants per training example.")
+        for name in ("augment_p_mask", "augment_p_replace", "augment_p_ngram"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise ValueError(f"--{name}={getattr(self, name)} must be a probability in [0, 1].")
+        if self.augment_p_mask + self.augment_p_replace > 1:
+            raise ValueError(
+                f"--augment_p_mask={self.augment_p_mask} + --augment_p_replace={self.augment_p_replace} > 1: a word "
+                "is masked, replaced or kept, so the two must sum to at most 1."
+            )
+        for name in ("augment_max_ngram", "augment_top_k"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"--{name}={getattr(self, name)} must be >= 1.")
+        if self.augment == 0 and self.augment_masked_lm is not None:
+            logger.warning("--augment_masked_lm is set but --augment is 0: no augmentation is done.")
+
+    def augmentation_settings(self) -> dict:
+        """The `--augment*` options, as recorded in `distillation_config.json` and the report."""
+        return {
+            "multiplier": self.augment, "p_mask": self.augment_p_mask, "p_replace": self.augment_p_replace,
+            "p_ngram": self.augment_p_ngram, "max_ngram": self.augment_max_ngram, "top_k": self.augment_top_k,
+            "masked_lm": self.augment_masked_lm,
+        }  # fmt: skip
 
 
 _DATACLASSES = (ModelArguments, DataArguments, RunArguments, DistillationArguments)

@@ -70,8 +70,19 @@ class TaskData:
     references: QAReferences | None = None
 
 
-def prepare_task_data(task: Task, pair: bool, args: DataArguments, tokenizer, teacher_config) -> TaskData:
-    """Load, check and tokenise both splits for `task`. Raises `ValueError` naming the column or option to fix."""
+def prepare_task_data(
+    task: Task,
+    pair: bool,
+    args: DataArguments,
+    tokenizer,
+    teacher_config,
+    augment: Callable[[Dataset, list[str]], Dataset] | None = None,
+) -> TaskData:
+    """Load, check and tokenise both splits for `task`. Raises `ValueError` naming the column or option to fix.
+
+    `augment(train, text_columns)`, for sequence classification (and pairs) only, adds rows to the training split
+    after every check of both splits and before tokenising: the `label` column holds the label ids (-100: none).
+    """
     name = "sentence-pair" if pair else task.name
     splits = {split: load_split(args, split) for split in ("train", "validation")}
     if name in ("token-classification", "question-answering") and not tokenizer.is_fast:
@@ -82,6 +93,11 @@ def prepare_task_data(task: Task, pair: bool, args: DataArguments, tokenizer, te
         )
     prepare = {"token-classification": _token_classification, "question-answering": _question_answering,
                "masked-lm": _masked_lm, "causal-lm": _causal_lm}.get(task.name, _sequence_classification)  # fmt: skip
+    if augment is not None:
+        if prepare is not _sequence_classification:
+            raise ValueError(f"--augment makes sentence variants for sequence classification and sentence pairs; "
+                             f"--task {name} is not supported: drop --augment.")  # fmt: skip
+        return prepare(splits, args, tokenizer, teacher_config, pair=pair, augment=augment)
     return prepare(splits, args, tokenizer, teacher_config, pair=pair)
 
 
@@ -125,8 +141,8 @@ def _pair_columns(args: DataArguments, columns: list[str], split: str) -> tuple[
     return args.text_column or next((c for c in firsts if c in columns), None), args.text_pair_column
 
 
-def _sequence_classification(splits, args: DataArguments, tokenizer, config, pair: bool) -> TaskData:
-    encoded = {}
+def _sequence_classification(splits, args: DataArguments, tokenizer, config, pair: bool, augment=None) -> TaskData:
+    checked = {}
     for split, dataset in splits.items():
         if pair:
             text, text_pair = _pair_columns(args, dataset.column_names, split)
@@ -142,7 +158,13 @@ def _sequence_classification(splits, args: DataArguments, tokenizer, config, pai
         text, text_pair, label = resolve_columns(_with(args_for_split, label_column=args.label_column or "label"),
                                                  dataset, split)  # fmt: skip
         labels = encode_labels(dataset[label], config, split, require_all=split == "train")
-        dataset, labels = _limited(dataset, labels, args, split)
+        checked[split] = (*_limited(dataset, labels, args, split), text, text_pair)
+    encoded = {}
+    for split, (dataset, labels, text, text_pair) in checked.items():
+        if augment is not None and split == "train":  # the training split only, after every check
+            columns = [c for c in (text, text_pair) if c]
+            dataset = augment(dataset.select_columns(columns).add_column("label", labels), columns)
+            labels = dataset["label"]
         encoded[split] = tokenize(dataset, tokenizer, text, text_pair, labels, args.max_seq_length)
     from transformers import DataCollatorWithPadding
 

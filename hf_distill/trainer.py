@@ -71,6 +71,8 @@ class DistillationTrainer(Trainer):
 
     # compute_loss normalises by the number of examples in the whole accumulated (and distributed) batch.
     loss_is_scaled_for_ga = True
+    # How the training set was augmented (`hf_distill.augment`), if it was: recorded in distillation_config.json.
+    augmentation: dict[str, Any] | None = None
 
     def __init__(
         self,
@@ -414,7 +416,7 @@ class DistillationTrainer(Trainer):
                 sums[name] = [total.clone(), count.clone()]
 
     def _pop_term_means(self, mode: str) -> dict[str, float]:
-        """Average each term over the examples seen since the last call, across all processes."""
+        """Average each term over its units since the last call, across all processes (terms with no unit left out)."""
         sums = self._term_sums[mode]
         means = {}
         for name in _TERMS:
@@ -423,7 +425,9 @@ class DistillationTrainer(Trainer):
             pair = torch.stack(sums[name]).to(self.args.device)
             if self.args.world_size > 1:
                 pair = self.accelerator.reduce(pair, reduction="sum")
-            means[name] = (pair[0] / pair[1].clamp_min(1)).item()
+            total, count = pair.tolist()
+            if count > 0:  # e.g. no labelled row in the window (a transfer set): no CE to report, rather than 0
+                means[name] = total / count
         sums.clear()
         return means
 
@@ -496,6 +500,7 @@ class DistillationTrainer(Trainer):
             best_metric=self.state.best_metric,
             best_model_checkpoint=self.state.best_model_checkpoint,
             training_time_seconds=round(self._prior_training_seconds + elapsed, 3),
+            augmentation=self.augmentation,
             teacher_lineage=self._teacher_lineage,
             versions=library_versions(),
         )

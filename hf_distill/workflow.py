@@ -18,6 +18,7 @@ from torch import nn
 
 from .args import DistillationArguments
 from .artifacts import CONFIG_NAME, HISTORY_NAME, training_history
+from .augment import augment_dataset, embedding_neighbours
 from .cli import ModelArguments, RunArguments, check_output_dir, check_resumable, remove_checkpoints
 from .data import DataArguments
 from .evaluation import evaluate_model
@@ -164,11 +165,16 @@ def prepare_run(
     _ensure_padding_token(tokenizer)
 
     task, pair = resolve_task(model_args.task, teacher_config)
-    data = prepare_task_data(task, pair, data_args, tokenizer, teacher_config)
+    auto_class = getattr(transformers, task.auto_class)
+    transfer_set = None
+    if run_args.augment:
+        transfer_set = _TransferSet(run_args, lambda: _load("teacher_model_name_or_path", teacher_path, auto_class,
+                                                            **remote), tokenizer, training_args, remote)  # fmt: skip
+    data = prepare_task_data(task, pair, data_args, tokenizer, teacher_config, augment=transfer_set)
     metrics = task_metrics(task, teacher_config, data.references)
 
-    auto_class = getattr(transformers, task.auto_class)
-    teacher = _load("teacher_model_name_or_path", teacher_path, auto_class, **remote)
+    teacher = transfer_set.teacher if transfer_set else _load("teacher_model_name_or_path", teacher_path, auto_class,
+                                                              **remote)  # fmt: skip
     student, source = _student(model_args, teacher, auto_class, remote)
     _check_vocabulary(tokenizer, teacher, "teacher")
     _check_vocabulary(tokenizer, student, "student")
@@ -178,6 +184,7 @@ def prepare_run(
 
     train, evaluation = data.train, data.evaluation
     trainer = _trainer(task, student, teacher, training_args, data, tokenizer, metrics)
+    trainer.augmentation = transfer_set.record if transfer_set else None  # into distillation_config.json
     if resume_from is not None:
         record = trainer.distillation_record()
         expected = training_args.distillation_settings() | {
@@ -204,10 +211,48 @@ def prepare_run(
         **({} if data.references is None else {"num_eval_features": len(evaluation)}),  # QA: windows of long contexts
         **data.columns,
         "max_seq_length": data_args.max_seq_length,
+        **({"augmentation": transfer_set.record} if transfer_set else {}),
         "student_source": source,
     }
     return PreparedRun(trainer, teacher, student, tokenizer, evaluation, data.collator, resume_from, metrics,
                        run_args, model_args, description)  # fmt: skip
+
+
+class _TransferSet:
+    """`--augment`: the training split plus its augmented variants (label -100), made once every input is checked.
+
+    Replacement words are the teacher's input-embedding neighbours, and `--augment_masked_lm`'s predictions for
+    single-piece words when given. The teacher loaded here is the run's teacher (loaded once).
+    """
+
+    def __init__(self, run_args: RunArguments, load_teacher, tokenizer, training_args, remote: dict) -> None:
+        if run_args.augment_masked_lm is not None:
+            _local_or_hub("augment_masked_lm", run_args.augment_masked_lm)
+        self.run_args, self.load_teacher, self.tokenizer = run_args, load_teacher, tokenizer
+        self.seed, self.device, self.remote = training_args.seed, training_args.device, remote
+        self.teacher, self.record = None, None
+
+    def __call__(self, train, text_columns: list[str]):
+        from transformers import AutoModelForMaskedLM
+
+        args = self.run_args
+        self.teacher = self.load_teacher()
+        masked_lm = None
+        if args.augment_masked_lm is not None:
+            masked_lm = _load("augment_masked_lm", args.augment_masked_lm, AutoModelForMaskedLM, **self.remote)
+            _check_vocabulary(self.tokenizer, masked_lm, "masked LM (--augment_masked_lm)")
+            masked_lm = masked_lm.to(self.device).eval()
+        logger.info("--augment %d: making up to %d variants of %d training examples", args.augment,
+                    args.augment * len(train), len(train))  # fmt: skip
+        augmented = augment_dataset(
+            train, text_columns, args.augment, tokenizer=self.tokenizer, label_column="label",
+            word_neighbours=embedding_neighbours(self.teacher, self.tokenizer, top_k=args.augment_top_k),
+            masked_lm=masked_lm, p_mask=args.augment_p_mask, p_replace=args.augment_p_replace,
+            p_ngram=args.augment_p_ngram, max_ngram=args.augment_max_ngram, top_k=args.augment_top_k, seed=self.seed,
+        )  # fmt: skip
+        self.record = {**args.augmentation_settings(), "seed": self.seed, "labelled_rows": len(train),
+                       "augmented_rows": len(augmented) - len(train)}  # fmt: skip
+        return augmented
 
 
 def _trainer(task: Task, student, teacher, training_args, data: TaskData, tokenizer, metrics: TaskMetrics):
