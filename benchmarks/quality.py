@@ -68,12 +68,17 @@ ARMS: dict[str, dict[str, Any]] = {
     "kd_alone_t4": dict(kind="kd", lr=KD_LR, settings=dict(temperature=4.0, alpha=0.0, beta=1.0, gamma=0.0)),
     "kd_alpha0.5": dict(kind="kd", lr=KD_LR, settings=dict(temperature=2.0, alpha=0.5, beta=0.5, gamma=0.0)),
     "kd_alone_lr2e-4": dict(kind="kd", lr=2e-4, settings=dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0)),
+    "kd_augment1": dict(
+        kind="kd", lr=KD_LR, augment=1, settings=dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0)
+    ),
     "kd_augment2": dict(
         kind="kd", lr=KD_LR, augment=2, settings=dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0)
     ),
     # TinyBERT's two stages: intermediate layers (attention scores + hidden states) first, then predictions.
     "two_stage": dict(
-        kind="kd", lr=KD_LR, stages=[
+        kind="kd",
+        lr=KD_LR,
+        stages=[
             (0.3, dict(alpha=0.0, beta=0.0, gamma=1.0, attention_loss="score_mse", hidden_weight=1.0)),
             (0.7, dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0)),
         ],
@@ -224,6 +229,7 @@ def converged_teacher(opts, train, val, collator, tokenizer, data_key: str):
 def transfer_set(train, tokenizer, teacher, multiplier: int, opts, data_key: str):
     """The training set plus `multiplier` augmented copies of each row (label -100: the teacher labels them)."""
     from datasets import Dataset
+
     from hf_distill.augment import augment_dataset, embedding_neighbours
 
     folder = _common.CACHE_DIR / f"augmented_x{multiplier}_{data_key}_len{opts.max_length}"
@@ -376,6 +382,21 @@ def print_summary(rows: list[dict], baseline: str | None, teacher_acc: float) ->
               f"{100 * r['gap_closed']:>9.0f}% {diff:>18} {r['minutes']:>7.1f}")  # fmt: skip
 
 
+def markdown_table(rows: list[dict], runs: list[dict]) -> str:
+    """The summary as a Markdown table (docs/benchmarks.md), with each arm's per-seed accuracies."""
+    seeds = {r["arm"]: sorted((run["seed"], run["accuracy"]) for run in runs if run["arm"] == r["arm"]) for r in rows}
+    lines = ["| arm | seeds | accuracy (mean ± std) | per seed | retention | gap closed | vs CE-only (paired ± s.e.) "
+             "| min/run |", "| --- | --- | --- | --- | --- | --- | --- | --- |"]  # fmt: skip
+    for r in rows:
+        per_seed = ", ".join(f"{100 * acc:.2f}" for _, acc in seeds[r["arm"]])
+        diff = "" if math.isnan(r["diff"]) else f"{100 * r['diff']:+.2f}"
+        diff += "" if math.isnan(r["diff_se"]) else f" ± {100 * r['diff_se']:.2f}"
+        gap = "" if math.isnan(r["gap_closed"]) else f"{100 * r['gap_closed']:.0f}%"
+        lines.append(f"| {r['arm']} | {r['n']} | {100 * r['mean']:.2f} ± {100 * r['std']:.2f} | {per_seed} | "
+                     f"{100 * r['retention']:.1f}% | {gap} | {diff} | {r['minutes']:.1f} |")  # fmt: skip
+    return "\n".join(lines)
+
+
 def plot_curves(runs: list[dict], arms: list[str], teacher_acc: float, path: Path) -> None:
     import matplotlib
 
@@ -414,7 +435,8 @@ def main(argv: list[str] | None = None) -> None:
         runs = load_runs(results)
         rows, baseline = summarise(runs, meta["teacher"]["val_accuracy"])
         print_summary(rows, baseline, meta["teacher"]["val_accuracy"])
-        main_arms = [baseline, "seed", "kd_alone", "recommended", *[a for a in ARMS if "augment" in a]]
+        print("\n" + markdown_table(rows, runs) + "\n")
+        main_arms = [baseline, "seed", "kd_alone", "two_stage", "recommended", *[a for a in ARMS if "augment" in a]]
         plot_curves(runs, [a for a in main_arms if a], meta["teacher"]["val_accuracy"],
                     _common.RESULTS_DIR / f"{opts.results}_curves.png")  # fmt: skip
         _common.write_results(opts.results + "_summary", {"meta": meta, "summary": rows, "baseline": baseline})
