@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import copy
+import functools
 import math
+import warnings
 from dataclasses import dataclass, field
 
 from transformers import TrainingArguments
@@ -16,6 +18,20 @@ __all__ = ["ATTENTION_LOSSES", "DistillationArguments", "HIDDEN_LOSSES", "RELATI
 ATTENTION_LOSSES = ("mse", "kl", "score_mse")
 HIDDEN_LOSSES = ("mse", "cosine")
 RELATION_LOSSES = ("value", "qkv")
+
+
+def _shown_default(text: str) -> str:
+    """The end of a help text whose field defaults to `None` standing for something else: "(default: <text>)".
+
+    `HfArgumentParser` formats help with `ArgumentDefaultsHelpFormatter`, which would append "(default: None)".
+    A help text that mentions `%(default)` gets no such suffix; `%(default).0s` expands to nothing.
+    """
+    return f" (default: {text})%(default).0s"
+
+
+def _recipe_default(name: str) -> str:
+    """The effective default of a loss setting: the library's, unless `recipe` sets it."""
+    return _shown_default(f"{DEFAULTS[name]!r}, or the recipe's")
 
 
 @dataclass
@@ -64,9 +80,22 @@ class DistillationArguments(TrainingArguments):
             On a NaN/inf loss term, skip that optimizer step (no update) with a warning instead of stopping training.
         allow_resume_with_different_settings (`bool`, *optional*, defaults to `False`):
             Allow `resume_from_checkpoint` when the distillation settings or the teacher differ from the checkpoint's.
-        trust_remote_code (`bool`, *optional*, defaults to `False`):
-            Allow running custom modeling code from the teacher's folder or Hub repository when `teacher_model` is a
-            path or id. Only turn it on for repositories you trust.
+        teacher_model_name_or_path (`str`, *optional*):
+            The teacher, a folder written by `save_pretrained` or a Hub id, loaded by [`DistillationTrainer`] with the
+            Auto class of the student's task when no `teacher_model` is passed to it.
+        teacher_revision (`str`, *optional*):
+            The branch, tag or commit of `teacher_model_name_or_path` to load (Hub ids). Default: the Hub's default.
+        teacher_trust_remote_code (`bool`, *optional*, defaults to `False`):
+            Allow running custom modeling code from the teacher's folder or Hub repository when the teacher is given
+            as a path or id. Only turn it on for repositories you trust. (Named apart from the example scripts'
+            `trust_remote_code`, which governs their own model and data.)
+        student_num_layers (`int`, *optional*):
+            Build the student inside [`DistillationTrainer`] from the `model` it is given, with this many of its
+            layers (`hf_distill.build_student`); that `model` is then the teacher unless a teacher is named. Lets an
+            unchanged training script distil a shrunk copy of the model it loads.
+        student_layers (`list[int]`, *optional*):
+            The layers of `model` to copy into the student (0-indexed, increasing); implies `student_num_layers`.
+            Default: an even spread that keeps the last layer (12 -> 6: `[1, 3, 5, 7, 9, 11]`).
         teacher_dtype (`str`, *optional*):
             Cast the teacher's weights to this dtype: `"bfloat16"`/`"float16"` halve its memory while the student
             trains in float32 or mixed precision; `"auto"` follows `bf16`/`fp16`. Default: keep the teacher as loaded.
@@ -93,63 +122,74 @@ class DistillationArguments(TrainingArguments):
     temperature: float | None = field(
         default=None,
         metadata={
-            "help": "Softmax temperature T of the soft-label term; the KL term is multiplied by T^2. Default 4."
+            "help": "Softmax temperature T of the soft-label term; the KL term is multiplied by T^2."
+            + _recipe_default("temperature")
         },
     )
-    alpha: float | None = field(default=None, metadata={"help": "Weight of the hard-label cross-entropy term (0.1)."})
-    beta: float | None = field(default=None, metadata={"help": "Weight of the T^2-scaled soft-label KL term (0.5)."})
+    alpha: float | None = field(
+        default=None, metadata={"help": "Weight of the hard-label cross-entropy term." + _recipe_default("alpha")}
+    )
+    beta: float | None = field(
+        default=None, metadata={"help": "Weight of the T^2-scaled soft-label KL term." + _recipe_default("beta")}
+    )
     gamma: float | None = field(
         default=None,
-        metadata={"help": "Weight of the self-attention distillation term (0.4); 0 disables it (no attention maps)."},
+        metadata={
+            "help": "Weight of the self-attention distillation term; 0 disables it (no attention maps)."
+            + _recipe_default("gamma")
+        },
     )
     attention_loss: str | None = field(
         default=None,
         metadata={
-            "help": "Attention loss: 'mse' (default; head-averaged maps, head counts may differ), 'kl' (MiniLM, per "
-            "head) or 'score_mse' (TinyBERT, per-head pre-softmax scores).",
+            "help": "Attention loss: 'mse' (head-averaged maps, head counts may differ), 'kl' (MiniLM, per head) or "
+            "'score_mse' (TinyBERT, per-head pre-softmax scores)." + _recipe_default("attention_loss"),
             "choices": list(ATTENTION_LOSSES),
         },
     )
     layer_map: list[int] | None = field(
         default=None,
         metadata={
-            "help": "Teacher layer (0-indexed) for each student layer, e.g. 1 3 5 7 9 11. Default: uniform map whose "
-            "last student layer matches the last teacher layer."
+            "help": "Teacher layer (0-indexed) for each student layer, e.g. 1 3 5 7 9 11."
+            + _shown_default("uniform, the last student layer on the last teacher layer")
         },
     )
     hidden_weight: float | None = field(
         default=None,
         metadata={
-            "help": "Weight of the hidden-state term; 0 (default) disables it. With 'mse' and unequal widths a "
-            "learned projection (TinyBERT's W_h) maps the student to the teacher's width."
+            "help": "Weight of the hidden-state term; 0 disables it. With 'mse' and unequal widths a learned "
+            "projection (TinyBERT's W_h) maps the student to the teacher's width." + _recipe_default("hidden_weight")
         },
     )
     hidden_loss: str | None = field(
         default=None,
         metadata={
-            "help": "Hidden-state loss: 'mse' (default; embeddings and every mapped layer, TinyBERT/PKD) or 'cosine' "
-            "(last layer, DistilBERT).",
+            "help": "Hidden-state loss: 'mse' (embeddings and every mapped layer, TinyBERT/PKD) or 'cosine' (last "
+            "layer, DistilBERT)." + _recipe_default("hidden_loss"),
             "choices": list(HIDDEN_LOSSES),
         },
     )
     relation_weight: float | None = field(
         default=None,
         metadata={
-            "help": "Weight of the self-relation term (MiniLM/MiniLMv2) on the last student layer; 0 (default) "
-            "disables it."
+            "help": "Weight of the self-relation term (MiniLM/MiniLMv2) on the last student layer; 0 disables it."
+            + _recipe_default("relation_weight")
         },
     )
     relation_loss: str | None = field(
         default=None,
         metadata={
-            "help": "Relation loss: 'value' (MiniLM value relation, same head count) or 'qkv' (default; MiniLMv2 "
-            "Q-Q, K-K, V-V relations over relation heads, any widths).",
+            "help": "Relation loss: 'value' (MiniLM value relation, same head count) or 'qkv' (MiniLMv2 Q-Q, K-K, "
+            "V-V relations over relation heads, any widths)." + _recipe_default("relation_loss"),
             "choices": list(RELATION_LOSSES),
         },
     )
     relation_heads: int | None = field(
         default=None,
-        metadata={"help": "Relation heads for relation_loss='qkv' (must divide both widths); default: the teacher's."},
+        metadata={
+            "help": "Relation heads for relation_loss='qkv' (must divide both widths)."
+            + _shown_default("the teacher's attention heads")
+        },
     )
     skip_nonfinite_steps: bool = field(
         default=False,
@@ -159,16 +199,48 @@ class DistillationArguments(TrainingArguments):
         default=False,
         metadata={"help": "Allow resuming a checkpoint whose distillation settings or teacher differ from these."},
     )
-    trust_remote_code: bool = field(
+    # Teacher and student from the arguments. Every name here is apart from the fields of the official example
+    # scripts' argument dataclasses (tests/test_official_scripts.py), so those scripts parse them side by side.
+    teacher_model_name_or_path: str | None = field(
+        default=None,
+        metadata={
+            "help": "The teacher (a save_pretrained folder or Hub id), loaded by DistillationTrainer with the Auto "
+            "class of the student's task when no teacher_model is passed."
+            + _shown_default("the trainer's teacher_model, or with student_num_layers the model it is given")
+        },
+    )
+    teacher_revision: str | None = field(
+        default=None,
+        metadata={
+            "help": "Branch, tag or commit of teacher_model_name_or_path to load."
+            + _shown_default("the Hub's default")
+        },
+    )
+    teacher_trust_remote_code: bool = field(
         default=False,
         metadata={"help": "Allow custom modeling code from the teacher's folder/repo (only for code you trust)."},
+    )
+    student_num_layers: int | None = field(
+        default=None,
+        metadata={
+            "help": "Build the student from this many layers of the model the trainer is given (build_student); that "
+            "model becomes the teacher unless teacher_model_name_or_path names one."
+            + _shown_default("unset: the model as given is the student")
+        },
+    )
+    student_layers: list[int] | None = field(
+        default=None,
+        metadata={
+            "help": "The layers to copy into the student, increasing, e.g. 0 2 4 7 9 11; implies student_num_layers."
+            + _shown_default("an even spread that keeps the last layer")
+        },
     )
 
     teacher_dtype: str | None = field(
         default=None,
         metadata={
             "help": "Run the teacher in this dtype ('bfloat16' or 'float16' halve its memory; 'auto' follows "
-            "bf16/fp16). Default: keep the dtype the teacher was loaded in.",
+            "bf16/fp16)." + _shown_default("the dtype the teacher was loaded in"),
             "choices": list(TEACHER_DTYPES),
         },
     )
@@ -229,6 +301,7 @@ class DistillationArguments(TrainingArguments):
                     f"`layer_map` must list one teacher layer index >= 0 per student layer, got {self.layer_map!r}."
                 )
             self.layer_map = list(self.layer_map)
+        self._validate_student_layers()
         if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
             raise ValueError(
                 f"`teacher_dtype` must be one of {', '.join(TEACHER_DTYPES)} (or unset), got {self.teacher_dtype!r}."
@@ -245,6 +318,33 @@ class DistillationArguments(TrainingArguments):
                     f"the teacher's {needs} at every step, so the teacher would run anyway and the cache would save "
                     f"nothing. Set {name}=0 to use the cache, or leave teacher_cache_dir unset."
                 )
+
+    def _validate_student_layers(self) -> None:
+        """`student_num_layers` / `student_layers`: a positive count, a list of indices, and the two in agreement."""
+        count, layers = self.student_num_layers, self.student_layers
+        if count is not None and (isinstance(count, bool) or not isinstance(count, int) or count < 1):
+            raise ValueError(f"`student_num_layers` must be a positive integer (or unset), got {count!r}.")
+        if layers is None:
+            return
+        if isinstance(layers, (str, bytes)) or not all(isinstance(i, int) and not isinstance(i, bool) for i in layers):
+            raise ValueError(f"`student_layers` must be a list of layer indices, got {layers!r}.")
+        if not layers or any(i < 0 for i in layers):
+            raise ValueError(f"`student_layers` must list one layer index >= 0 per student layer, got {layers!r}.")
+        if count is not None and count != len(layers):
+            raise ValueError(
+                f"student_num_layers={count} but student_layers {list(layers)} names {len(layers)} layers. Give one "
+                "of the two (student_layers alone implies its length)."
+            )
+        self.student_layers, self.student_num_layers = list(layers), len(layers)
+
+    @property
+    def trust_remote_code(self) -> bool:
+        """Deprecated name of `teacher_trust_remote_code` (renamed: the example scripts' own field has this name)."""
+        return self.teacher_trust_remote_code
+
+    @trust_remote_code.setter
+    def trust_remote_code(self, value: bool) -> None:
+        self.teacher_trust_remote_code = value
 
     # `Trainer` pickles the arguments into `training_args.bin` beside every save (and pushes it to the Hub); a plain
     # pickle would carry `hub_token` in clear text. Pickles get `None` for every `*_token` field (the rule of
@@ -289,3 +389,28 @@ class DistillationArguments(TrainingArguments):
             "loss_hidden": self.hidden_weight,
             "loss_relation": self.relation_weight,
         }
+
+
+_dataclass_init = DistillationArguments.__init__
+
+
+@functools.wraps(_dataclass_init)
+def _init_with_deprecated_names(self, *args, trust_remote_code: bool | None = None, **kwargs) -> None:
+    # `trust_remote_code=` keeps working in Python; it is no field, so no command-line flag clashes with the scripts'.
+    if trust_remote_code is not None:
+        if "teacher_trust_remote_code" in kwargs:
+            raise ValueError(
+                "`trust_remote_code` is the old name of `teacher_trust_remote_code`; pass only "
+                "teacher_trust_remote_code."
+            )
+        warnings.warn(
+            "DistillationArguments(trust_remote_code=...) is renamed teacher_trust_remote_code (the example scripts' "
+            "own trust_remote_code flag governs their model and data); the old name will be removed.",
+            FutureWarning,
+            stacklevel=2,
+        )
+        kwargs["teacher_trust_remote_code"] = trust_remote_code
+    _dataclass_init(self, *args, **kwargs)
+
+
+DistillationArguments.__init__ = _init_with_deprecated_names

@@ -70,8 +70,9 @@ class DistillationRecord:
     per_device_train_batch_size: int | None = None
     gradient_accumulation_steps: int | None = None
     total_train_batch_size: int | None = None
-    num_train_epochs: float | None = None
+    num_train_epochs: float | None = None  # None when max_steps > 0 sets the length instead
     max_steps: int | None = None
+    epochs_trained: float | None = None  # the epochs actually run (fractional), from the trainer state
     seed: int | None = None
     global_step: int | None = None
     metric_for_best_model: str | None = None

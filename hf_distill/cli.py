@@ -37,22 +37,13 @@ logger = logging.getLogger(__name__)
 
 @dataclass
 class ModelArguments:
-    """The teacher, and the student: loaded from a path or built from the teacher's layers."""
+    """A ready student, the tokenizer and the task (the teacher and a built student are DistillationArguments')."""
 
-    teacher_model_name_or_path: str = field(
-        metadata={"help": "The teacher: a path or Hub id of a model fine-tuned for the task (see --task)."}
-    )
+    # The teacher (--teacher_model_name_or_path, --teacher_revision) and a student built from it
+    # (--student_num_layers, --student_layers) are DistillationArguments fields, shared with DistillationTrainer.
     student_model_name_or_path: str | None = field(
         default=None, metadata={"help": "A ready student (path or Hub id). Or build one with --student_num_layers."}
     )
-    student_num_layers: int | None = field(
-        default=None, metadata={"help": "Build the student from this many teacher layers (hf_distill.build_student)."}
-    )
-    student_layers: list[int] | None = field(
-        default=None,
-        metadata={"help": "Teacher layers to copy into the student, e.g. 0 2 4 7 9 11. Default: an even spread "
-                  "that keeps the last layer."},
-    )  # fmt: skip
     tokenizer_name: str | None = field(
         default=None, metadata={"help": "Tokenizer path or Hub id; defaults to the teacher's."}
     )
@@ -62,18 +53,16 @@ class ModelArguments:
                   "from the teacher's config.architectures, else sequence-classification."},
     )  # fmt: skip
 
+    trust_remote_code: bool = field(
+        default=False,
+        metadata={"help": "Allow custom modeling code from the teacher's, student's and tokenizer's folders or "
+                  "repositories (only for code you trust)."},
+    )  # fmt: skip
+
     def __post_init__(self) -> None:
         if self.task is not None and self.task not in TASK_CHOICES:
             raise ValueError(f"--task={self.task!r} is not a task hf-distill runs; choose one of "
                              f"{', '.join(TASK_CHOICES)} (or leave it out to read it from the teacher).")  # fmt: skip
-        if self.student_layers is not None and self.student_num_layers is None:
-            self.student_num_layers = len(self.student_layers)
-        if (self.student_model_name_or_path is None) == (self.student_num_layers is None):
-            raise ValueError(
-                "give exactly one student: --student_model_name_or_path PATH, or --student_num_layers N to build it "
-                f"from the teacher (got student_model_name_or_path={self.student_model_name_or_path!r}, "
-                f"student_num_layers={self.student_num_layers!r})."
-            )
 
 
 @dataclass

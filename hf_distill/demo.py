@@ -231,7 +231,7 @@ def main(argv: list[str] | None = None) -> int:
     from .workflow import execute_run, prepare_run
 
     run = prepare_run(
-        ModelArguments(teacher_model_name_or_path=str(teacher), student_num_layers=args.student_num_layers),
+        ModelArguments(),
         DataArguments(
             train_file=str(train_file),
             validation_file=str(validation_file),
@@ -242,6 +242,8 @@ def main(argv: list[str] | None = None) -> int:
         RunArguments(overwrite_output_dir=True),
         DistillationArguments(
             output_dir=args.output_dir,
+            teacher_model_name_or_path=str(teacher),
+            student_num_layers=args.student_num_layers,
             num_train_epochs=1,
             per_device_train_batch_size=32,
             per_device_eval_batch_size=64,

@@ -26,6 +26,7 @@ from .card import CARD_NAME, teacher_lineage, trainer_model_card, write_model_ca
 from .guards import NonFiniteLossGuard
 from .modeling import check_teacher_layers, count_parameters, default_layer_map, num_layers
 from .projection import HiddenProjection, ZeroGradAfterStep, add_to_optimizer, average_gradients
+from .student import build_student
 
 __all__ = ["DistillationTrainer", "load_teacher"]
 
@@ -40,14 +41,17 @@ _ATTENTION_LOSS_FUNCTIONS = {
 }
 
 
-def load_teacher(name_or_path: str, like: nn.Module, trust_remote_code: bool = False) -> PreTrainedModel:
+def load_teacher(
+    name_or_path: str, like: nn.Module, trust_remote_code: bool = False, revision: str | None = None
+) -> PreTrainedModel:
     """Load a teacher for the same task as the student `like`, preferring safetensors, remote code off."""
     import transformers
 
     auto_name = tasks.detect_task(like).auto_class
     # use_safetensors=None: safetensors when present, else a .bin read with weights_only=True (no pickled code).
+    kwargs = {"revision": revision} if revision is not None else {}
     return getattr(transformers, auto_name).from_pretrained(
-        name_or_path, trust_remote_code=trust_remote_code, use_safetensors=None, weights_only=True
+        name_or_path, trust_remote_code=trust_remote_code, use_safetensors=None, weights_only=True, **kwargs
     )
 
 
@@ -59,9 +63,12 @@ class DistillationTrainer(Trainer):
     `push_to_hub`) works as with `Trainer`.
 
     Args:
-        model (`PreTrainedModel`): the student.
-        teacher_model (`PreTrainedModel` or `str`): the teacher, or a path / Hub id loaded with the student's task
-            head. It is moved to the student's device, put in `eval()`, frozen and never wrapped for data parallelism.
+        model (`PreTrainedModel`): the student; or, with `args.student_num_layers`, the model the student is built
+            from (`build_student`, before `Trainer.__init__` sees it), which is then also the teacher unless
+            `teacher_model` or `args.teacher_model_name_or_path` names another.
+        teacher_model (`PreTrainedModel` or `str`, *optional*): the teacher, or a path / Hub id loaded with the
+            student's task head. Defaults to `args.teacher_model_name_or_path` (loaded the same way). It is moved to
+            the student's device, put in `eval()`, frozen and never wrapped for data parallelism.
         args (`DistillationArguments`): training and distillation settings.
         **kwargs: every other `Trainer` argument (`train_dataset`, `eval_dataset`, `processing_class`, ...).
 
@@ -83,8 +90,6 @@ class DistillationTrainer(Trainer):
     ) -> None:
         if model is None:
             raise ValueError("`model` (the student) is required; `model_init` is not supported for distillation.")
-        if teacher_model is None:
-            raise ValueError("`teacher_model` is required: pass the teacher model or its path / Hub id.")
         if args is None:
             args = DistillationArguments(output_dir="trainer_output")
         if not isinstance(args, DistillationArguments):
@@ -92,11 +97,15 @@ class DistillationTrainer(Trainer):
                 f"`args` must be a DistillationArguments, got {type(args).__name__}. Replace TrainingArguments(...) "
                 "with DistillationArguments(...); it accepts the same fields plus temperature, alpha, beta, gamma."
             )
-        self.teacher_name_or_path = teacher_model if isinstance(teacher_model, str) else _name_of(teacher_model)
-        if isinstance(teacher_model, str):
-            teacher_model = load_teacher(teacher_model, like=model, trust_remote_code=args.trust_remote_code)
-        if teacher_model is model:
-            raise ValueError("`teacher_model` is the same object as `model`: pass a separate (frozen) teacher.")
+        # The student is built (and the teacher loaded) before Trainer.__init__, which moves, wraps and hands the
+        # model to the accelerator and the optimizer: they only ever see the student.
+        if args.student_num_layers is not None and (kwargs.get("optimizers") or (None, None))[0] is not None:
+            raise ValueError(
+                f"student_num_layers={args.student_num_layers} builds a new student from `model`, but `optimizers` "
+                "passes an optimizer made for `model`'s parameters, which would then train the teacher. Leave "
+                "`optimizers` unset (choose it with `optim` / `optim_args`), or build the student yourself."
+            )
+        model, teacher_model, self.teacher_name_or_path = _student_and_teacher(model, teacher_model, args)
         self.task = _check_tasks(model, teacher_model)
         self.layer_map = _check_pair(model, teacher_model, args)
         widths = _projection_widths(model, teacher_model, args)  # (student, teacher) when L_hidden needs a W_h
@@ -492,8 +501,9 @@ class DistillationTrainer(Trainer):
             total_train_batch_size=args.per_device_train_batch_size
             * args.gradient_accumulation_steps
             * max(1, args.world_size),
-            num_train_epochs=args.num_train_epochs,
+            num_train_epochs=args.num_train_epochs if args.max_steps <= 0 else None,  # max_steps > 0 overrides it
             max_steps=args.max_steps,
+            epochs_trained=round(self.state.epoch, 4) if self.state.epoch is not None else None,
             seed=args.seed,
             global_step=self.state.global_step,
             metric_for_best_model=args.metric_for_best_model,
@@ -529,6 +539,49 @@ class DistillationTrainer(Trainer):
                 if os.path.isfile(os.path.join(checkpoint_folder, name)):
                     shutil.copy(os.path.join(checkpoint_folder, name), os.path.join(self.args.output_dir, name))
         super()._push_from_checkpoint(checkpoint_folder)
+
+
+def _student_and_teacher(
+    model: nn.Module, teacher_model: nn.Module | str | None, args: DistillationArguments
+) -> tuple[nn.Module, nn.Module, str | None]:
+    """`(student, teacher, teacher's name)` from the trainer's `model`, `teacher_model` and the arguments.
+
+    The teacher is `teacher_model`, else `args.teacher_model_name_or_path`, else (when `args.student_num_layers`
+    builds the student from `model`) `model` itself. A teacher given as a name is loaded with the student's task
+    head. With `args.student_num_layers` the student is `build_student(model, ...)`; otherwise it is `model`.
+    """
+    named = args.teacher_model_name_or_path
+    if isinstance(teacher_model, str) and named is not None and teacher_model != named:
+        raise ValueError(
+            f"teacher_model={teacher_model!r} and teacher_model_name_or_path={named!r} name two different "
+            "teachers. Pass one of them."
+        )
+    builds_student = args.student_num_layers is not None
+    teacher = teacher_model if teacher_model is not None else named
+    if teacher is None and builds_student:
+        teacher = model  # the model the script loaded is the teacher; the student is its shrunk copy
+    if teacher is None:
+        raise ValueError(
+            "no teacher: pass `teacher_model` (a model or its path / Hub id), set teacher_model_name_or_path "
+            "(--teacher_model_name_or_path), or set student_num_layers (--student_num_layers) to build the student "
+            "from `model` and distil `model` into it."
+        )
+    name = teacher if isinstance(teacher, str) else _name_of(teacher)
+    if isinstance(teacher, str):
+        teacher = load_teacher(
+            teacher, like=model, trust_remote_code=args.teacher_trust_remote_code, revision=args.teacher_revision
+        )
+    if builds_student:
+        try:
+            model = build_student(model, args.student_num_layers, args.student_layers)
+        except ValueError as error:
+            raise ValueError(f"student_num_layers / student_layers: {error}") from error
+    elif teacher is model:
+        raise ValueError(
+            "`teacher_model` is the same object as `model`: pass a separate (frozen) teacher, or set "
+            "student_num_layers to build a smaller student from it."
+        )
+    return model, teacher, name
 
 
 def _name_of(model: nn.Module) -> str | None:

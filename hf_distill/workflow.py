@@ -25,7 +25,6 @@ from .evaluation import evaluate_model
 from .modeling import count_parameters, num_layers
 from .plots import PLOT_NAME, plot_training_curves
 from .report import REPORT_JSON, REPORT_MD, compare, speedup, write_report
-from .student import build_student
 from .task_data import TaskData, prepare_task_data, resolve_task
 from .task_metrics import TaskMetrics, task_metrics
 from .tasks import Task
@@ -121,14 +120,11 @@ def _check_unfinished(trainer: DistillationTrainer, checkpoint: str) -> None:
         )
 
 
-def _student(model_args: ModelArguments, teacher: nn.Module, auto_class, remote: dict) -> tuple[nn.Module, str]:
-    """The student, built from the teacher's layers or loaded (then checked to have the teacher's labels)."""
+def _loaded_student(model_args: ModelArguments, teacher: nn.Module, auto_class, remote: dict) -> nn.Module | None:
+    """The student from --student_model_name_or_path, checked to have the teacher's labels; `None` when
+    --student_num_layers has `DistillationTrainer` build it from the teacher's layers."""
     if model_args.student_model_name_or_path is None:
-        try:
-            student = build_student(teacher, model_args.student_num_layers, model_args.student_layers)
-        except ValueError as error:
-            raise ValueError(f"--student_num_layers/--student_layers: {error}") from error
-        return student, f"built from teacher layers {student.config.distillation_teacher_layers}"
+        return None
     student = _load("student_model_name_or_path", model_args.student_model_name_or_path, auto_class, **remote)
     t_labels, s_labels = teacher.config.id2label, student.config.id2label
     if {int(k): v for k, v in t_labels.items()} != {int(k): v for k, v in s_labels.items()}:
@@ -136,7 +132,21 @@ def _student(model_args: ModelArguments, teacher: nn.Module, auto_class, remote:
             f"the student's labels {s_labels} differ from the teacher's {t_labels}: they must predict the same "
             "label set (same num_labels and id2label)."
         )
-    return student, f"`{model_args.student_model_name_or_path}`"
+    return student
+
+
+def _check_model_choice(model_args: ModelArguments, training_args: DistillationArguments) -> None:
+    """One teacher and exactly one student source, named on the command line."""
+    if training_args.teacher_model_name_or_path is None:
+        raise ValueError(
+            "--teacher_model_name_or_path is required: the fine-tuned teacher, a save_pretrained folder or Hub id."
+        )
+    if (model_args.student_model_name_or_path is None) == (training_args.student_num_layers is None):
+        raise ValueError(
+            "give exactly one student: --student_model_name_or_path PATH, or --student_num_layers N to build it "
+            f"from the teacher (got student_model_name_or_path={model_args.student_model_name_or_path!r}, "
+            f"student_num_layers={training_args.student_num_layers!r})."
+        )
 
 
 def prepare_run(
@@ -155,9 +165,12 @@ def prepare_run(
     resume_from = check_output_dir(
         training_args.output_dir, run_args.overwrite_output_dir, training_args.resume_from_checkpoint
     )
-    remote = {"trust_remote_code": training_args.trust_remote_code}
-    teacher_path = model_args.teacher_model_name_or_path
-    teacher_config = _load("teacher_model_name_or_path", teacher_path, AutoConfig, **remote)
+    _check_model_choice(model_args, training_args)
+    remote = {"trust_remote_code": model_args.trust_remote_code}
+    teacher_path = training_args.teacher_model_name_or_path
+    revision = {"revision": training_args.teacher_revision} if training_args.teacher_revision else {}
+    teacher_remote = {"trust_remote_code": model_args.trust_remote_code or training_args.teacher_trust_remote_code}
+    teacher_config = _load("teacher_model_name_or_path", teacher_path, AutoConfig, **teacher_remote, **revision)
     tokenizer_name = model_args.tokenizer_name or teacher_path
     tokenizer = _load("tokenizer_name" if model_args.tokenizer_name else "teacher_model_name_or_path",
                       tokenizer_name, AutoTokenizer, **remote)  # fmt: skip
@@ -166,25 +179,34 @@ def prepare_run(
 
     task, pair = resolve_task(model_args.task, teacher_config)
     auto_class = getattr(transformers, task.auto_class)
+
+    def load_teacher_model():
+        return _load("teacher_model_name_or_path", teacher_path, auto_class, **teacher_remote, **revision)
+
     transfer_set = None
     if run_args.augment:
-        transfer_set = _TransferSet(run_args, lambda: _load("teacher_model_name_or_path", teacher_path, auto_class,
-                                                            **remote), tokenizer, training_args, remote)  # fmt: skip
+        transfer_set = _TransferSet(run_args, load_teacher_model, tokenizer, training_args, remote)
     data = prepare_task_data(task, pair, data_args, tokenizer, teacher_config, augment=transfer_set)
     metrics = task_metrics(task, teacher_config, data.references)
 
-    teacher = transfer_set.teacher if transfer_set else _load("teacher_model_name_or_path", teacher_path, auto_class,
-                                                              **remote)  # fmt: skip
-    student, source = _student(model_args, teacher, auto_class, remote)
+    teacher = transfer_set.teacher if transfer_set else load_teacher_model()
+    student = _loaded_student(model_args, teacher, auto_class, remote)
     _check_vocabulary(tokenizer, teacher, "teacher")
-    _check_vocabulary(tokenizer, student, "student")
+    if student is not None:
+        _check_vocabulary(tokenizer, student, "student")
     for model in (teacher, student):  # decoder-only classifiers find the last real token through pad_token_id
-        if getattr(model.config, "pad_token_id", None) is None:
+        if model is not None and getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
 
     train, evaluation = data.train, data.evaluation
-    trainer = _trainer(task, student, teacher, training_args, data, tokenizer, metrics)
+    # Without a loaded student, --student_num_layers/--student_layers have the trainer build it from the teacher.
+    trainer = _trainer(task, student or teacher, teacher, training_args, data, tokenizer, metrics)
     trainer.augmentation = transfer_set.record if transfer_set else None  # into distillation_config.json
+    if student is None:
+        student = trainer.model
+        source = f"built from teacher layers {student.config.distillation_teacher_layers}"
+    else:
+        source = f"`{model_args.student_model_name_or_path}`"
     if resume_from is not None:
         record = trainer.distillation_record()
         expected = training_args.distillation_settings() | {
@@ -375,8 +397,9 @@ def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval
                 "learning_rate": args.learning_rate,
                 "per_device_train_batch_size": args.per_device_train_batch_size,
                 "gradient_accumulation_steps": args.gradient_accumulation_steps,
-                "num_train_epochs": args.num_train_epochs,
+                "num_train_epochs": record.num_train_epochs,
                 "max_steps": args.max_steps,
+                "epochs_trained": record.epochs_trained,
                 "global_step": record.global_step,
                 "training_time_seconds": record.training_time_seconds,
                 "seed": args.seed,

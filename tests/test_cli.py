@@ -219,7 +219,7 @@ def test_config_files_parse_like_the_command_line(assets, tmp_path):
     assert from_cli[:3] == from_json[:3]  # model, data and run arguments
     for name in ("temperature", "layer_map", "learning_rate", "max_steps", "use_cpu", "report_to", "eval_strategy"):
         assert getattr(from_json[3], name) == getattr(from_cli[3], name), name
-    assert from_json[3].learning_rate == 2e-5 and from_json[0].student_layers == [0, 3]
+    assert from_json[3].learning_rate == 2e-5 and from_json[3].student_layers == [0, 3]
     overridden = parse_args([str(tmp_path / "run.json"), "--max_steps", "7", "--temperature", "3"])
     assert overridden[3].max_steps == 7 and overridden[3].temperature == 3.0 and overridden[3].alpha == 0.1
 

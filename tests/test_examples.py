@@ -16,7 +16,7 @@ EXAMPLES = ROOT / "examples"
 
 
 def check_recipe(model, data, run, training):
-    assert model.student_num_layers == 6 and model.student_model_name_or_path is None
+    assert training.student_num_layers == 6 and model.student_model_name_or_path is None
     assert (training.temperature, training.alpha, training.beta, training.gamma) == (4.0, 0.05, 0.45, 0.4)
     assert training.attention_loss == "mse" and training.layer_map is None  # default: [1, 3, 5, 7, 9, 11]
     assert training.learning_rate == 2e-5 and training.per_device_train_batch_size == 32

@@ -130,7 +130,7 @@ def _remote_code_teacher(folder: Path, marker: Path) -> Path:
 def test_teacher_remote_code_not_run_by_default(tmp_path):
     marker = tmp_path / "code_ran"
     folder = _remote_code_teacher(tmp_path / "teacher", marker)
-    assert not _args(tmp_path).trust_remote_code
+    assert not _args(tmp_path).teacher_trust_remote_code
     with pytest.raises(ValueError, match="trust_remote_code"):
         DistillationTrainer(model=tiny_bert(num_layers=2), teacher_model=str(folder), args=_args(tmp_path))
     assert not marker.exists()
@@ -147,7 +147,7 @@ def test_trust_remote_code_reaches_from_pretrained(tmp_path, monkeypatch):
 
     monkeypatch.setattr(transformers.AutoModelForSequenceClassification, "from_pretrained", fake_from_pretrained)
     DistillationTrainer(model=tiny_bert(num_layers=2), teacher_model="some/teacher",
-                        args=_args(tmp_path, trust_remote_code=True))  # fmt: skip
+                        args=_args(tmp_path, teacher_trust_remote_code=True))  # fmt: skip
     assert seen["name"] == "some/teacher" and seen["trust_remote_code"] is True and seen["weights_only"] is True
 
 
