@@ -44,9 +44,10 @@ class DistillationArguments(TrainingArguments):
 
     Parameters:
         recipe (`str`, *optional*):
-            A published recipe (`seed`, `hinton`, `distilbert`, `tinybert`, `minilm`, `minilmv2`; see
-            `hf_distill.recipes`) that fills every loss setting below left unset; explicit values win. The defaults
-            below apply where neither sets a value.
+            A recipe (`recommended`, the best setting of our quality study; `seed`, the lab notebook's; the
+            published `hinton`, `distilbert`, `tinybert`, `minilm`, `minilmv2`; see `hf_distill.recipes`) that
+            fills every loss setting below left unset; explicit values win. The defaults below (the `seed`
+            recipe's) apply where neither sets a value. The `hf-distill` command defaults to `recommended`.
         temperature (`float`, *optional*, defaults to `4.0`):
             Softmax temperature `T` of the soft-label term (Hinton et al., 2015). The KL term is multiplied by `T^2`.
         alpha (`float`, *optional*, defaults to `0.1`):
@@ -115,7 +116,8 @@ class DistillationArguments(TrainingArguments):
         metadata={
             "help": "A published recipe that fills the loss settings you leave unset: "
             + ", ".join(RECIPES)
-            + ". Default: none (the library defaults, which are the 'seed' recipe).",
+            + ". Default: none in Python (the library defaults, which are the 'seed' recipe); 'recommended' in the "
+            "hf-distill command.",
             "choices": list(RECIPES),
         },
     )

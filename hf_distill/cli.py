@@ -134,6 +134,11 @@ _DATACLASSES = (ModelArguments, DataArguments, RunArguments, DistillationArgumen
 # ---- arguments ---------------------------------------------------------------------------------------------------
 
 
+# The command recommends what the quality study found best (docs/benchmarks.md); `--recipe seed` restores the
+# lab notebook's weighting, which stays the default of `DistillationArguments` in Python.
+COMMAND_RECIPE = "recommended"
+
+
 def _read_config_file(path: str) -> list[str]:
     """A JSON/YAML file of options as command-line arguments; unknown keys refused with the closest known names."""
     if not Path(path).is_file():
@@ -186,6 +191,7 @@ def parse_args(argv: list[str] | None = None):
         description="Distil a fine-tuned teacher into a smaller student; a first argument ending in .json, .yaml or "
         ".yml is a file of options (flags after it override it).",
     )
+    parser.set_defaults(recipe=COMMAND_RECIPE)
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0].endswith((".json", ".yaml", ".yml")):
         argv = _read_config_file(argv[0]) + argv[1:]
@@ -238,6 +244,8 @@ def check_resumable(checkpoint: str, expected: dict) -> None:
     for key, value in expected.items():
         old = recorded.get(key)
         if key == "teacher_model" and old and value and os.path.realpath(old) == os.path.realpath(value):
+            continue
+        if key == "recipe":  # only how the values were chosen: the values themselves are compared
             continue
         if old != value:
             differences.append(f"{key}: checkpoint {old!r}, now {value!r}")

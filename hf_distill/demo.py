@@ -255,10 +255,7 @@ def main(argv: list[str] | None = None) -> int:
             save_strategy="no",
             report_to=[],
             seed=0,
-            temperature=4.0,
-            alpha=0.1,
-            beta=0.5,
-            gamma=0.4,
+            recipe="recommended",
         ),  # fmt: skip
         data_description=description,
     )

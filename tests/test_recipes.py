@@ -9,6 +9,8 @@ from hf_distill import DistillationArguments, DistillationTrainer, load_distilla
 
 # Written from the papers (see docs/losses.md), not from hf_distill/recipes.py.
 EXPECTED = {
+    # The quality study's best (docs/benchmarks.md): soft targets at T=2 alone.
+    "recommended": dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0, hidden_weight=0.0, relation_weight=0.0),
     "seed": dict(temperature=4.0, alpha=0.1, beta=0.5, gamma=0.4, attention_loss="mse", hidden_weight=0.0,
                  relation_weight=0.0),
     "hinton": dict(temperature=4.0, alpha=0.1, beta=0.9, gamma=0.0, hidden_weight=0.0, relation_weight=0.0),
@@ -47,8 +49,36 @@ def test_recipe_from_the_command_line_with_an_override():
     assert (args.recipe, args.alpha, args.beta, args.hidden_loss) == ("distilbert", 0.5, 5.0, "cosine")
 
 
+def test_the_command_defaults_to_the_recommended_recipe_and_seed_restores_the_notebook(tmp_path):
+    from hf_distill.cli import parse_args
+
+    for name in ("t.tsv", "v.tsv"):
+        (tmp_path / name).write_text("sentence\tlabel\ngood\t1\n")
+    base = ["--output_dir", str(tmp_path / "run"), "--train_file", str(tmp_path / "t.tsv"), "--validation_file",
+            str(tmp_path / "v.tsv"), "--report_to", "none"]  # fmt: skip
+    training_args = parse_args(base)[-1]
+    assert training_args.recipe == "recommended"
+    assert {k: getattr(training_args, k) for k in EXPECTED["recommended"]} == EXPECTED["recommended"]
+    training_args = parse_args([*base, "--recipe", "seed"])[-1]
+    assert {k: getattr(training_args, k) for k in EXPECTED["seed"]} == EXPECTED["seed"]
+
+
+def test_resume_compares_the_values_not_the_recipe_name(tmp_path):
+    import json
+
+    from hf_distill.cli import check_resumable
+
+    recorded = DistillationArguments(output_dir=str(tmp_path)).distillation_settings()  # recipe None: the seed's
+    (tmp_path / "distillation_config.json").write_text(json.dumps(recorded))
+    check_resumable(str(tmp_path), DistillationArguments(output_dir="x", recipe="seed").distillation_settings())
+    with pytest.raises(ValueError, match=r"temperature: checkpoint 4.0, now 2.0"):
+        check_resumable(
+            str(tmp_path), DistillationArguments(output_dir="x", recipe="recommended").distillation_settings()
+        )
+
+
 def test_unknown_recipe_is_refused_with_the_choices(tmp_path):
-    with pytest.raises(ValueError, match=r"`recipe` must be one of seed, hinton, distilbert, tinybert, minilm, "):
+    with pytest.raises(ValueError, match=r"`recipe` must be one of recommended, seed, hinton, distilbert, tinybert, "):
         DistillationArguments(output_dir=str(tmp_path), recipe="bert-of-theseus")
 
 
