@@ -317,7 +317,10 @@ class DistillationTrainer(Trainer):
             teacher_logits, teacher_maps, teacher_hidden = None, None, None
 
         student_logits = tasks.task_logits(task, outputs)
-        terms = tasks.output_terms(task, student_logits, teacher_logits, inputs, args.temperature)
+        weights = args.term_weights()
+        terms, output_sum = tasks.output_terms(
+            task, student_logits, teacher_logits, inputs, args.temperature, weights, training=mode == "train"
+        )
         # name -> (per-example values, counts), each (B,); output terms are sums over each example's units
         batch = student_logits[0].shape[0]
         ones = torch.ones(batch, device=student_logits[0].device)
@@ -330,9 +333,6 @@ class DistillationTrainer(Trainer):
             terms["loss_hidden"] = (self._hidden_loss(outputs.hidden_states, teacher_hidden, attention_mask), ones)
         if self._student_projections is not None:
             terms["loss_relation"] = (self._relation_loss(attention_mask), ones)
-        weights = args.term_weights()
-        output_sum = sum((weights[n] * terms[n][0].sum() for n in _OUTPUT_TERMS if n in terms and weights[n] > 0),
-                         torch.zeros((), device=ones.device))  # fmt: skip
         example_sum = sum((weights[n] * v.sum() for n, (v, _) in terms.items() if n not in _OUTPUT_TERMS),
                           torch.zeros((), device=ones.device))  # fmt: skip
         if mode == "train" and args.alpha == 0 and args.beta == 0:
