@@ -74,6 +74,12 @@ class DistillationArguments(TrainingArguments):
             Opt-in teacher-output cache (needs `gamma=0`): the teacher's logits on the training set are computed once,
             stored under this folder keyed on teacher weights, data, tokenizer and collator, and reused in every
             later epoch and run instead of running the teacher. See `hf_distill.teacher_cache`.
+        fuse_lm_head (`bool`, *optional*):
+            Causal and masked language models: compute the student's (and teacher's) output projection inside the
+            loss, a chunk of tokens at a time (`hf_distill.token_kd.fused_token_output_loss`), so the
+            `(tokens, vocabulary)` logits never exist whole in training; same gradients. Default: on where the
+            head is a plain `nn.Linear` without logit post-processing and the engine does not shard it; `True`
+            requires it, `False` turns it off.
 
     The lab notebook's nested formula `BETA * (ALPHA * CE + (1 - ALPHA) * KD) + GAMMA * attn` is reproduced by
     `alpha = BETA * ALPHA`, `beta = BETA * (1 - ALPHA)`, `gamma = GAMMA` (0.05, 0.45, 0.4 for its 0.1/0.5/0.4).
@@ -179,6 +185,15 @@ class DistillationArguments(TrainingArguments):
             "help": "Folder for the teacher-logit cache (needs gamma=0): the teacher's training-set logits are "
             "computed once, stored there (keyed on teacher, data, tokenizer, collator) and reused by later epochs "
             "and runs."
+        },
+    )
+
+    fuse_lm_head: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Language models: fuse the student's output projection (lm_head) with the loss, a chunk of tokens "
+            "at a time, so the (tokens, vocabulary) logits never exist whole in training. Default: on for causal "
+            "and masked LMs whose head allows it (see docs/losses.md); False turns it off."
         },
     )
 

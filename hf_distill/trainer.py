@@ -24,6 +24,7 @@ from .artifacts import CONFIG_NAME, HISTORY_NAME, DistillationRecord, library_ve
 from .attention import AttentionRecorder, ProjectionRecorder
 from .card import CARD_NAME, teacher_lineage, trainer_model_card, write_model_card
 from .guards import NonFiniteLossGuard
+from .lm_head import ProjectionCapture, fused_projection_problem
 from .modeling import check_teacher_layers, count_parameters, default_layer_map, num_layers
 from .projection import HiddenProjection, ZeroGradAfterStep, add_to_optimizer, average_gradients
 
@@ -135,6 +136,9 @@ class DistillationTrainer(Trainer):
             self._student_projections = ProjectionRecorder(model, len(self.layer_map) - 1)
             self._teacher_projections = ProjectionRecorder(self.teacher_model, self.layer_map[-1])
             self._relation_heads = _relation_heads(args, self._student_projections, self._teacher_projections)
+        self._student_capture = self._teacher_capture = None
+        if self._fuses_lm_head(model, self.teacher_model):  # see hf_distill/lm_head.py
+            self._student_capture, self._teacher_capture = ProjectionCapture(model), ProjectionCapture(teacher_model)
         self._term_sums: dict[str, dict[str, list[torch.Tensor]]] = {"train": {}, "eval": {}}
         self._teacher_lineage = teacher_lineage(self.teacher_name_or_path)
         self._card_kwargs: dict[str, Any] = {}  # what the last create_model_card call was given, kept for later saves
@@ -153,9 +157,28 @@ class DistillationTrainer(Trainer):
         self._teacher_dtype = engines.resolve_teacher_dtype(self.args.teacher_dtype, precision)  # for float inputs
         return teacher
 
+    def _fuses_lm_head(self, student: nn.Module, teacher: nn.Module) -> bool:
+        """Whether training computes the output projections inside the loss (`fuse_lm_head`, default: where it can)."""
+        requested = self.args.fuse_lm_head
+        if requested is False:
+            return False
+        problem = None
+        if self.task not in (tasks.CAUSAL_LM, tasks.MASKED_LM):
+            problem = f"this is a {self.task.name} model; the fused loss is for causal and masked language models"
+        elif self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            problem = "DeepSpeed and FSDP shard the heads' weights, which the fused loss reads outside the forward"
+        else:
+            for who, model in (("student", student), ("teacher", teacher)):
+                reason = fused_projection_problem(model)
+                problem = problem or (f"the {who}'s {reason}" if reason else None)
+        if problem and requested:
+            raise ValueError(f"fuse_lm_head=True cannot be honoured: {problem}. Set fuse_lm_head=False (or leave it "
+                             "unset to fuse only where possible).")  # fmt: skip
+        return problem is None
+
     @torch.no_grad()
     def _teacher_forward(
-        self, inputs: dict[str, Any]
+        self, inputs: dict[str, Any], fused: bool = False
     ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor] | None, tuple | None]:
         """The teacher's logits (`tasks.task_logits`), attention maps of the mapped layers (gamma > 0), hidden states.
 
@@ -170,10 +193,11 @@ class DistillationTrainer(Trainer):
         projecting = self._teacher_projections.recording() if self._teacher_projections else contextlib.nullcontext()
         # The student's forward runs under the run's mixed precision (accelerate wraps it); the teacher, which we keep
         # out of `accelerator.prepare`, gets the same autocast here instead of running in full float32.
-        with recording, projecting, self.accelerator.autocast():
+        capturing = self._teacher_capture.capturing() if fused else contextlib.nullcontext()
+        with recording, projecting, capturing, self.accelerator.autocast():
             outputs = self._teacher_runner(**teacher_inputs)
         maps = self._teacher_recorder.attention_maps(inputs.get("attention_mask")) if self._teacher_recorder else None
-        logits = tasks.task_logits(self.task, outputs)
+        logits = (self._teacher_capture.logits(),) if fused else tasks.task_logits(self.task, outputs)
         return logits, maps, outputs.hidden_states if self.args.hidden_weight > 0 else None
 
     # ---- teacher-output cache (opt-in, gamma = 0): see hf_distill/teacher_cache.py --------------------------
@@ -305,25 +329,29 @@ class DistillationTrainer(Trainer):
         projecting = self._student_projections.recording() if self._student_projections else contextlib.nullcontext()
         if args.hidden_weight > 0:
             student_inputs["output_hidden_states"] = True
-        with recording, projecting:
+        # fused: the heads' projections run inside the loss, a chunk of tokens at a time (hf_distill/lm_head.py)
+        fused = self._student_capture is not None and mode == "train" and (args.alpha > 0 or args.beta > 0)
+        capturing = self._student_capture.capturing() if fused else contextlib.nullcontext()
+        with recording, projecting, capturing:
             outputs = model(**student_inputs)
         student_maps = self._student_recorder.attention_maps(attention_mask) if self._student_recorder else None
         needs_internals = args.gamma > 0 or args.hidden_weight > 0 or args.relation_weight > 0  # maps, states
         if cached_logits is not None and not needs_internals:
             teacher_logits, teacher_maps, teacher_hidden = (cached_logits,), None, None
         elif args.beta > 0 or needs_internals:
-            teacher_logits, teacher_maps, teacher_hidden = self._teacher_forward(inputs)
+            teacher_logits, teacher_maps, teacher_hidden = self._teacher_forward(inputs, fused=fused)
         else:
             teacher_logits, teacher_maps, teacher_hidden = None, None, None
 
-        student_logits = tasks.task_logits(task, outputs)
+        student_logits = (self._student_capture.logits(),) if fused else tasks.task_logits(task, outputs)
         weights = args.term_weights()
         terms, output_sum = tasks.output_terms(
-            task, student_logits, teacher_logits, inputs, args.temperature, weights, training=mode == "train"
-        )
+            task, student_logits[0] if fused else student_logits, teacher_logits, inputs, args.temperature, weights,
+            training=mode == "train",
+        )  # fmt: skip
         # name -> (per-example values, counts), each (B,); output terms are sums over each example's units
-        batch = student_logits[0].shape[0]
-        ones = torch.ones(batch, device=student_logits[0].device)
+        batch = tasks.batch_size(inputs)
+        ones = torch.ones(batch, device=output_sum.device)
         if student_maps is not None:
             attention_fn = _ATTENTION_LOSS_FUNCTIONS[args.attention_loss]
             pairs = zip(student_maps, teacher_maps)
