@@ -54,7 +54,7 @@ __all__ = [
 # caches (measured: 2x faster than whole-tensor passes), large enough that the per-chunk Python overhead stays
 # small. The fused path multiplies matrices per chunk: bigger chunks.
 _CHUNK_ELEMENTS = 1 << 17
-_FUSED_CHUNK_ELEMENTS = 1 << 22
+_FUSED_CHUNK_ELEMENTS = 1 << 23
 
 
 @dataclass(frozen=True)
@@ -251,22 +251,28 @@ class _FusedLinearTokenLoss(torch.autograd.Function):
         grad_weight = torch.zeros_like(weight, dtype=torch.float32) if want_grad else None
         grad_bias = torch.zeros(weight.shape[0], device=hidden.device) if want_grad and bias is not None else None
         objective = torch.zeros((), device=hidden.device)
+        step = max(1, _CHUNK_ELEMENTS * torch.get_num_threads() // weight.shape[0])
         for index, keep in _row_chunks(valid, weight.shape[0], _FUSED_CHUNK_ELEMENTS):
             inputs = hidden[index]  # (c, D)
-            logits = F.linear(inputs, weight, bias).float()  # (c, V): the only logits in memory
-            kl, ce, chunk_grad = _chunk_terms(
-                logits, _teacher_rows(teacher, index), None if targets is None else targets[index],
-                temperature, kd_weight, ce_weight, want_grad,
-            )  # fmt: skip
-            del logits
-            objective += _weighted(kl, ce, kd_weight, ce_weight, values, index, keep)
+            block = F.linear(inputs, weight, bias).float()  # (c, V): the only logits in memory
+            teacher_block = _teacher_rows(teacher, index)
+            targets_block = None if targets is None else targets[index]
+            for start in range(0, block.shape[0], step):  # cache-sized rows, as in _TokenOutputLoss
+                sub = slice(start, start + step)
+                kl, ce, chunk_grad = _chunk_terms(
+                    block[sub], _sub_rows(teacher_block, sub), None if targets_block is None else targets_block[sub],
+                    temperature, kd_weight, ce_weight, want_grad,
+                )  # fmt: skip
+                part_keep = None if keep is None else keep[sub]
+                objective += _weighted(kl, ce, kd_weight, ce_weight, values, _sub_index(index, sub), part_keep)
+                if want_grad:  # the block's logits become its gradient, in place
+                    block[sub] = chunk_grad if part_keep is None else chunk_grad.mul_(part_keep[:, None])
             if want_grad:
-                if keep is not None:
-                    chunk_grad.mul_(keep[:, None])
-                grad_hidden[index] = (chunk_grad.to(weight.dtype) @ weight).to(hidden.dtype)
-                grad_weight.addmm_(chunk_grad.T, inputs.float())  # (V, D)
+                grad_hidden[index] = (block.to(weight.dtype) @ weight).to(hidden.dtype)
+                grad_weight.addmm_(block.T, inputs.float())  # (V, D)
                 if grad_bias is not None:
-                    grad_bias += chunk_grad.sum(dim=0)
+                    grad_bias += block.sum(dim=0)
+            del block
         ctx.grads, ctx.weight_dtype = (grad_hidden, grad_weight, grad_bias), weight.dtype
         kl, ce = values
         ctx.mark_non_differentiable(kl, ce)
@@ -282,6 +288,19 @@ class _FusedLinearTokenLoss(torch.autograd.Function):
         if grad_weight is not None:
             grad_weight = grad_weight.to(ctx.weight_dtype)
         return grad_hidden, grad_weight, grad_bias, None, None, None, None, None, None
+
+
+def _sub_rows(teacher, sub: slice):
+    if teacher is None or isinstance(teacher, torch.Tensor):
+        return None if teacher is None else teacher[sub]
+    return TopKTeacher(teacher.indices[sub], teacher.log_probs[sub], teacher.tail_log_prob[sub])
+
+
+def _sub_index(index: torch.Tensor | slice, sub: slice) -> torch.Tensor | slice:
+    """Rows `sub` of the rows `index` of the flat tensor."""
+    if isinstance(index, slice):
+        return slice(index.start + sub.start, min(index.start + sub.stop, index.stop))
+    return index[sub]
 
 
 def _weighted(kl, ce, kd_weight, ce_weight, values, index, keep) -> torch.Tensor:

@@ -78,7 +78,8 @@ def test_second_backward_is_refused():
 def test_fused_projection_gradients_equal_the_unfused_path(monkeypatch, teacher_kind, temperature):
     from hf_distill import token_kd
 
-    monkeypatch.setattr(token_kd, "_FUSED_CHUNK_ELEMENTS", 3 * V)  # several chunks of rows
+    monkeypatch.setattr(token_kd, "_FUSED_CHUNK_ELEMENTS", 5 * V)  # several blocks of rows ...
+    monkeypatch.setattr(token_kd, "_CHUNK_ELEMENTS", V)  # ... of several sub-chunks
     torch.manual_seed(1)
     hidden, weight, bias = torch.randn(3, 8, 16), torch.randn(V, 16), torch.randn(V)
     teacher_hidden, teacher_weight = torch.randn(3, 8, 12), torch.randn(V, 12)
