@@ -74,6 +74,10 @@ class DistillationArguments(TrainingArguments):
             Opt-in teacher-output cache (needs `gamma=0`): the teacher's logits on the training set are computed once,
             stored under this folder keyed on teacher weights, data, tokenizer and collator, and reused in every
             later epoch and run instead of running the teacher. See `hf_distill.teacher_cache`.
+        teacher_cache_top_k (`int`, *optional*, defaults to `64`):
+            Causal language models with `teacher_cache_dir`: the cache keeps, per position, the teacher's `k` most
+            probable tokens and the mass of the rest, and the KD term becomes the KL over those `k` tokens plus one
+            tail bucket (equal to the full KL when `k` is the vocabulary size; see docs/losses.md).
         fuse_lm_head (`bool`, *optional*):
             Causal and masked language models: compute the student's (and teacher's) output projection inside the
             loss, a chunk of tokens at a time (`hf_distill.token_kd.fused_token_output_loss`), so the
@@ -188,6 +192,13 @@ class DistillationArguments(TrainingArguments):
         },
     )
 
+    teacher_cache_top_k: int = field(
+        default=64,
+        metadata={
+            "help": "Causal LMs with teacher_cache_dir: tokens kept per position in the cache (their probabilities "
+            "plus the mass of the rest); the KD term is then the KL over those k tokens and one tail bucket."
+        },
+    )
     fuse_lm_head: bool | None = field(
         default=None,
         metadata={
@@ -244,6 +255,14 @@ class DistillationArguments(TrainingArguments):
                     f"`layer_map` must list one teacher layer index >= 0 per student layer, got {self.layer_map!r}."
                 )
             self.layer_map = list(self.layer_map)
+        if (
+            isinstance(self.teacher_cache_top_k, bool)
+            or not isinstance(self.teacher_cache_top_k, int)
+            or (self.teacher_cache_top_k < 1)
+        ):
+            raise ValueError(
+                f"`teacher_cache_top_k` must be a positive integer, got {self.teacher_cache_top_k!r}. Try 64."
+            )
         if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
             raise ValueError(
                 f"`teacher_dtype` must be one of {', '.join(TEACHER_DTYPES)} (or unset), got {self.teacher_dtype!r}."

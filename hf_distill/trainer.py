@@ -108,11 +108,12 @@ class DistillationTrainer(Trainer):
             )
         checks.check_models(model, teacher_model, kwargs.get("processing_class"))
         if args.teacher_cache_dir is not None:
-            if self.task is not tasks.SEQUENCE_CLASSIFICATION:
+            if self.task not in (tasks.SEQUENCE_CLASSIFICATION, tasks.CAUSAL_LM):
                 raise ValueError(
-                    f"teacher_cache_dir={args.teacher_cache_dir!r} caches one row of class logits per example, for "
-                    f"sequence classification; this is a {self.task.name} model, whose logits are per token and too "
-                    "large to store. Leave teacher_cache_dir unset."
+                    f"teacher_cache_dir={args.teacher_cache_dir!r} caches class logits per example (sequence "
+                    f"classification) or a top-k summary per token (causal LMs); this is a {self.task.name} model, "
+                    "whose teacher outputs change every epoch (masked LM: new masks) or are not cached. Leave "
+                    "teacher_cache_dir unset."
                 )
             teacher_cache.check_cacheable(kwargs.get("train_dataset"))
 
@@ -204,15 +205,20 @@ class DistillationTrainer(Trainer):
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        if self.args.teacher_cache_dir is not None and teacher_cache.TEACHER_LOGITS not in self._signature_columns:
-            self._signature_columns.append(teacher_cache.TEACHER_LOGITS)  # survives remove_unused_columns
+        if self.args.teacher_cache_dir is not None:
+            for column in (teacher_cache.TEACHER_LOGITS, *teacher_cache.TOP_K_COLUMNS):
+                if column not in self._signature_columns:
+                    self._signature_columns.append(column)  # survives remove_unused_columns
 
     def get_train_dataloader(self):
         if self.args.teacher_cache_dir is None or self.args.beta == 0 or self.train_dataset is None:
             return super().get_train_dataloader()
         dataset, collator = self.train_dataset, self.data_collator
         self.train_dataset = teacher_cache.with_teacher_logits(dataset, self._cached_teacher_logits(dataset))
-        self.data_collator = teacher_cache.TeacherLogitsCollator(collator)
+        top_k = self.task is tasks.CAUSAL_LM
+        self.data_collator = (teacher_cache.TeacherTopKCollator if top_k else teacher_cache.TeacherLogitsCollator)(
+            collator
+        )
         try:
             return super().get_train_dataloader()
         finally:  # the user's dataset and collator stay as they gave them
@@ -223,16 +229,23 @@ class DistillationTrainer(Trainer):
         seen = self._remove_unused_columns(dataset, description="teacher cache")  # exactly what the collator gets
         precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
         precision += f"/teacher:{self._teacher_dtype}"  # a teacher cast to another dtype gives other logits
+        top_k = self.task is tasks.CAUSAL_LM  # a top-k summary at T: both join the key
+        extra = {"top_k": self.args.teacher_cache_top_k, "temperature": self.args.temperature} if top_k else None
         key, parts = teacher_cache.teacher_cache_key(
-            self.teacher_model, seen, self.processing_class, self.data_collator, precision
+            self.teacher_model, seen, self.processing_class, self.data_collator, precision, extra
         )
 
         def forward(batch: dict[str, Any]) -> torch.Tensor:
             with self.compute_loss_context_manager():
-                return self._teacher_forward(self._prepare_inputs(batch))[0][0]  # (B, C) class logits
+                return self._teacher_forward(self._prepare_inputs(batch))[0][0]  # (B, C) or (B, T, V) logits
 
-        def compute() -> torch.Tensor:
+        def compute() -> torch.Tensor | dict[str, list]:
             batch_size = self.args.per_device_eval_batch_size * max(1, self.args.n_gpu)
+            if top_k:
+                k, temperature = self.args.teacher_cache_top_k, self.args.temperature
+                return teacher_cache.compute_teacher_top_k(
+                    seen, self.data_collator, forward, batch_size, k, temperature
+                )
             return teacher_cache.compute_teacher_logits(seen, self.data_collator, forward, max(batch_size, 32))
 
         with self.args.main_process_first(desc="teacher logits cache"):
@@ -315,7 +328,9 @@ class DistillationTrainer(Trainer):
         mode = "train" if model.training else "eval"
         attention_mask = inputs.get("attention_mask")
         cached_logits = inputs.get(teacher_cache.TEACHER_LOGITS)  # (B, C) from the teacher-output cache
-        dropped = (*task.label_names, teacher_cache.TEACHER_LOGITS)  # the student computes no loss of its own
+        if cached_logits is None:
+            cached_logits = teacher_cache.top_k_teacher_of(inputs)  # causal LM: TopKTeacher, (B, T, k)
+        dropped = (*task.label_names, teacher_cache.TEACHER_LOGITS, *teacher_cache.TOP_K_COLUMNS)  # student: no loss
         student_inputs = {k: v for k, v in inputs.items() if k not in dropped}
         if args.alpha > 0 and mode == "train" and not tasks.has_labels(task, inputs):
             raise ValueError(
@@ -337,7 +352,7 @@ class DistillationTrainer(Trainer):
         student_maps = self._student_recorder.attention_maps(attention_mask) if self._student_recorder else None
         needs_internals = args.gamma > 0 or args.hidden_weight > 0 or args.relation_weight > 0  # maps, states
         if cached_logits is not None and not needs_internals:
-            teacher_logits, teacher_maps, teacher_hidden = (cached_logits,), None, None
+            teacher_logits, teacher_maps, teacher_hidden = (cached_logits,), None, None  # (B, C) or a TopKTeacher
         elif args.beta > 0 or needs_internals:
             teacher_logits, teacher_maps, teacher_hidden = self._teacher_forward(inputs, fused=fused)
         else:

@@ -182,3 +182,48 @@ def test_cross_entropy_is_logged_at_alpha_zero_only_where_it_is_free(tmp_path, t
     trainer.model.train()
     trainer.compute_loss(trainer.model, pad_collator(rows("causal-lm", 4, seed=3)))
     assert ("loss_ce" in trainer._pop_term_means("train")) is logged
+
+
+def test_top_k_cache_with_every_token_kept_trains_the_same_causal_lm_without_running_the_teacher(tmp_path):
+    from conftest import VOCAB_SIZE
+    from datasets import Dataset
+
+    data = Dataset.from_list(rows("causal-lm", 16, seed=31))
+    states, calls = [], []
+    for cache in (None, str(tmp_path / "cache")):
+        teacher, student = PAIRS["causal-lm"]()
+        counted = [0]
+        teacher.register_forward_hook(lambda *_, c=counted: c.__setitem__(0, c[0] + 1))
+        trainer = make_trainer(tmp_path, teacher, student, data, teacher_cache_dir=cache, max_steps=2,
+                               teacher_cache_top_k=VOCAB_SIZE, optim="sgd", learning_rate=1.0, max_grad_norm=0.0,
+                               lr_scheduler_type="constant")  # fmt: skip
+        trainer.train()
+        states.append({k: v.clone() for k, v in student.state_dict().items()})
+        calls.append(counted[0])
+    assert calls == [2, 2]  # two training steps; the cache: two batches of 8 rows once, none in training
+    for name in states[0]:
+        torch.testing.assert_close(states[1][name], states[0][name], rtol=1e-4, atol=1e-6, msg=name)
+
+
+def test_top_k_cache_keeps_k_tokens_and_its_kd_term_is_at_most_the_full_one(tmp_path):
+    from datasets import Dataset
+
+    from hf_distill.teacher_cache import TOP_K_COLUMNS
+
+    data = Dataset.from_list(rows("causal-lm", 8, seed=32))
+    logs = []
+    for cache in (None, str(tmp_path / "cache")):
+        teacher, student = PAIRS["causal-lm"]()
+        trainer = make_trainer(tmp_path, teacher, student, data, teacher_cache_dir=cache, teacher_cache_top_k=3,
+                               learning_rate=0.0)  # fmt: skip
+        trainer.train()
+        logs.append(trainer.state.log_history[0])
+    stored = next((tmp_path / "cache").iterdir())
+    from datasets import load_from_disk
+
+    table = load_from_disk(str(stored))
+    assert table.column_names == list(TOP_K_COLUMNS)
+    assert [len(ids) for ids in table[TOP_K_COLUMNS[0]]] == [len(r["input_ids"]) for r in data]  # every position
+    assert {len(kept) for ids in table[TOP_K_COLUMNS[0]] for kept in ids} == {3}
+    full, top = logs[0]["loss_kd"], logs[1]["loss_kd"]
+    assert 0 < top <= full + 1e-6
