@@ -3,7 +3,7 @@
 A causal LM distils every next-token prediction: `N` rows of `V` logits (GPT-2: V = 50,257). Written with autograd,
 `T^2 * KL(softmax(t/T) || softmax(s/T))` holds both float32 log-softmaxes, the teacher's probabilities and their
 product, and keeps some of them for the backward pass. `hf_distill.losses.token_soft_label_loss` computes it a
-chunk of rows at a time in forward and in a hand-written backward, so its extra memory is one chunk.
+cache-sized chunk of rows at a time (`hf_distill.token_kd`) and keeps only the gradient, computed in forward.
 
 For each `N` we measure, on the same random logits (float32, like a model's output under fp32 training):
 

@@ -104,6 +104,16 @@ class DistillationArguments(TrainingArguments):
             Opt-in teacher-output cache (needs `gamma=0`): the teacher's logits on the training set are computed once,
             stored under this folder keyed on teacher weights, data, tokenizer and collator, and reused in every
             later epoch and run instead of running the teacher. See `hf_distill.teacher_cache`.
+        teacher_cache_top_k (`int`, *optional*, defaults to `64`):
+            Causal language models with `teacher_cache_dir`: the cache keeps, per position, the teacher's `k` most
+            probable tokens and the mass of the rest, and the KD term becomes the KL over those `k` tokens plus one
+            tail bucket (equal to the full KL when `k` is the vocabulary size; see docs/losses.md).
+        fuse_lm_head (`bool`, *optional*):
+            Causal and masked language models: compute the student's (and teacher's) output projection inside the
+            loss, a chunk of tokens at a time (`hf_distill.token_kd.fused_token_output_loss`), so the
+            `(tokens, vocabulary)` logits never exist whole in training; same gradients. Default: on where the
+            head is a plain `nn.Linear` without logit post-processing and the engine does not shard it; `True`
+            requires it, `False` turns it off.
 
     The lab notebook's nested formula `BETA * (ALPHA * CE + (1 - ALPHA) * KD) + GAMMA * attn` is reproduced by
     `alpha = BETA * ALPHA`, `beta = BETA * (1 - ALPHA)`, `gamma = GAMMA` (0.05, 0.45, 0.4 for its 0.1/0.5/0.4).
@@ -256,6 +266,22 @@ class DistillationArguments(TrainingArguments):
         },
     )
 
+    teacher_cache_top_k: int = field(
+        default=64,
+        metadata={
+            "help": "Causal LMs with teacher_cache_dir: tokens kept per position in the cache (their probabilities "
+            "plus the mass of the rest); the KD term is then the KL over those k tokens and one tail bucket."
+        },
+    )
+    fuse_lm_head: bool | None = field(
+        default=None,
+        metadata={
+            "help": "Language models: fuse the student's output projection (lm_head) with the loss, a chunk of tokens "
+            "at a time, so the (tokens, vocabulary) logits never exist whole in training. Default: on for causal "
+            "and masked LMs whose head allows it (see docs/losses.md); False turns it off."
+        },
+    )
+
     def __post_init__(self) -> None:
         super().__post_init__()
         self._validate_distillation()
@@ -304,6 +330,14 @@ class DistillationArguments(TrainingArguments):
                 )
             self.layer_map = list(self.layer_map)
         self._validate_student_layers()
+        if (
+            isinstance(self.teacher_cache_top_k, bool)
+            or not isinstance(self.teacher_cache_top_k, int)
+            or (self.teacher_cache_top_k < 1)
+        ):
+            raise ValueError(
+                f"`teacher_cache_top_k` must be a positive integer, got {self.teacher_cache_top_k!r}. Try 64."
+            )
         if self.teacher_dtype is not None and self.teacher_dtype not in TEACHER_DTYPES:
             raise ValueError(
                 f"`teacher_dtype` must be one of {', '.join(TEACHER_DTYPES)} (or unset), got {self.teacher_dtype!r}."

@@ -26,6 +26,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .token_kd import token_output_loss
+
 __all__ = [
     "attention_kl_loss",
     "attention_mse_loss",
@@ -323,7 +325,9 @@ def token_hard_label_loss(logits: torch.Tensor, labels: torch.Tensor, reduction:
     >>> token_hard_label_loss(torch.zeros(1, 2, 2), torch.tensor([[1, -100]]))
     tensor(0.6931)
     """
-    per_token = F.cross_entropy(logits.float().transpose(1, 2), labels, reduction="none", ignore_index=IGNORE_INDEX)
+    flat_logits, flat_labels = logits.float().reshape(-1, logits.shape[-1]), labels.reshape(-1)  # no strided softmax
+    per_token = F.cross_entropy(flat_logits, flat_labels, reduction="none", ignore_index=IGNORE_INDEX)
+    per_token = per_token.view(labels.shape)
     if reduction == "mean":
         return per_token.sum() / labels.ne(IGNORE_INDEX).sum().clamp_min(1)
     return per_token if reduction == "none" else _reduce(per_token, reduction)
@@ -356,59 +360,14 @@ def token_soft_label_loss(
     _check_same_shape("logits", student_logits, teacher_logits, "teacher and student must share the label set "
                       "(token classification) or the vocabulary (language models).")  # fmt: skip
     mask = mask.to(student_logits.device).bool()
-    per_token = torch.zeros(mask.shape, dtype=torch.float32, device=student_logits.device)  # (B, T)
-    rows = _ChunkedSoftLabelLoss.apply(student_logits[mask], teacher_logits[mask].detach(), float(temperature))
-    per_token = per_token.masked_scatter(mask, rows)
+    terms = token_output_loss(student_logits, teacher_logits, None, mask, temperature, kd_weight=1.0, ce_weight=0.0)
     if reduction == "mean":
-        return per_token.sum() / mask.sum().clamp_min(1)
-    return per_token if reduction == "none" else _reduce(per_token, reduction)
-
-
-_CHUNK_ELEMENTS = 1 << 24  # float32 elements per chunk of rows (64 MiB): the bound on the extra memory
-
-
-class _ChunkedSoftLabelLoss(torch.autograd.Function):
-    """Row-wise `T^2 * KL(softmax(t / T) || softmax(s / T))` of `(N, V)` logits, computed a chunk of rows at a time.
-
-    Token-level KD over a large vocabulary would otherwise hold several float32 `(N, V)` tensors (both
-    log-softmaxes, the teacher's probabilities, their product) and keep some for the backward pass. Here the
-    forward keeps nothing but its inputs, and the backward recomputes each chunk's softmaxes and writes the
-    gradient `T * (softmax(s / T) - softmax(t / T))` straight into the student's logits' dtype, so the extra memory
-    is one chunk, whatever `N`. The teacher's logits get no gradient.
-    """
-
-    @staticmethod
-    def forward(ctx, student: torch.Tensor, teacher: torch.Tensor, temperature: float) -> torch.Tensor:
-        values = torch.empty(student.shape[0], dtype=torch.float32, device=student.device)
-        student_lse, teacher_lse = torch.empty_like(values), torch.empty_like(values)  # per row, for the backward
-        for rows in _row_chunks(student):
-            scaled_student, scaled_teacher = student[rows].float() / temperature, teacher[rows].float() / temperature
-            student_lse[rows], teacher_lse[rows] = scaled_student.logsumexp(dim=-1), scaled_teacher.logsumexp(dim=-1)
-            student_log = scaled_student - student_lse[rows, None]
-            teacher_log = scaled_teacher - teacher_lse[rows, None]
-            kl = torch.nn.functional.kl_div(student_log, teacher_log, reduction="none", log_target=True)
-            values[rows] = kl.sum(dim=-1) * temperature**2
-        ctx.save_for_backward(student, teacher, student_lse, teacher_lse)
-        ctx.temperature = temperature
-        return values
-
-    @staticmethod
-    def backward(ctx, grad_values: torch.Tensor):
-        student, teacher, student_lse, teacher_lse = ctx.saved_tensors
-        temperature = ctx.temperature
-        grad = torch.empty_like(student)
-        for rows in _row_chunks(student):
-            student_probs = (student[rows].float() / temperature - student_lse[rows, None]).exp_()
-            teacher_probs = (teacher[rows].float() / temperature - teacher_lse[rows, None]).exp_()
-            scale = grad_values[rows, None].float() * temperature
-            grad[rows] = student_probs.sub_(teacher_probs).mul_(scale).to(grad.dtype)
-        return grad, None, None
-
-
-def _row_chunks(logits: torch.Tensor):
-    step = max(1, _CHUNK_ELEMENTS // max(1, logits.shape[-1]))
-    for start in range(0, logits.shape[0], step):
-        yield slice(start, start + step)
+        return terms.objective / mask.sum().clamp_min(1)
+    if reduction == "sum":
+        return terms.objective
+    if reduction != "none":
+        raise ValueError(f"`reduction` must be one of {_REDUCTIONS}, got {reduction!r}.")
+    return terms.kd  # (B, T), with the gradient of each token's own term
 
 
 def position_soft_label_loss(

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import losses
+from . import losses, token_kd
 
 __all__ = [
     "TASKS",
@@ -165,15 +165,34 @@ def _span_ce(logits: torch.Tensor, positions: torch.Tensor, attention_mask: torc
 
 def output_terms(
     task: Task,
-    student: tuple[torch.Tensor, ...],
-    teacher: tuple[torch.Tensor, ...] | None,
+    student: tuple[torch.Tensor, ...] | token_kd.ProjectedLogits,
+    teacher: tuple[torch.Tensor, ...] | token_kd.TopKTeacher | token_kd.ProjectedLogits | None,
     inputs: dict[str, Any],
     temperature: float,
-) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-    """`{"loss_ce": (sums, counts), "loss_kd": (sums, counts)}`, each `(B,)`: per-example sums over the loss units.
+    weights: dict[str, float] | None = None,
+    training: bool = False,
+) -> tuple[dict[str, tuple[torch.Tensor, torch.Tensor]], torch.Tensor]:
+    """The task's output terms and their weighted sum.
 
-    `loss_ce` is there when the batch holds the targets, `loss_kd` when the teacher's logits are given.
+    Returns:
+        `(terms, objective)`. `terms` is `{"loss_ce": (sums, counts), "loss_kd": (sums, counts)}`, each `(B,)`:
+        per-example sums over the loss units (for logging; they may be detached). `objective` is
+        `sum_n weights[n] * sum(terms[n])` over the terms with a weight > 0, the value to differentiate.
+        `loss_kd` is there when the teacher's outputs are given; `loss_ce` when the batch holds the targets, except
+        for per-token tasks in training with `weights["loss_ce"] = 0` and `T != 1` (where it would cost a softmax
+        of its own only to be logged; at `T = 1` it shares the KD term's and is always computed).
     """
+    weights = {"loss_ce": 1.0, "loss_kd": 1.0} if weights is None else weights
+    if task.per_token:
+        return _token_terms(task, student, teacher, inputs, temperature, weights, training)
+    terms = _example_terms(task, student, teacher, inputs, temperature)
+    objective = sum((weights[n] * values.sum() for n, (values, _) in terms.items() if weights[n] > 0),
+                    torch.zeros((), device=student[0].device))  # fmt: skip
+    return terms, objective
+
+
+def _example_terms(task, student, teacher, inputs, temperature) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
+    """Sequence classification and extractive QA: one value per example."""
     attention_mask = inputs.get("attention_mask")
     labelled = has_labels(task, inputs)
     terms: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}
@@ -190,28 +209,46 @@ def output_terms(
             kd = (start + end) / 2
             terms["loss_kd"] = (kd, torch.ones_like(kd))
         return terms
-    if not task.per_token:  # sequence classification
-        (logits,) = student
-        if labelled:
-            ce = losses.hard_label_loss(logits, inputs["labels"], reduction="none")
-            terms["loss_ce"] = (ce, inputs["labels"].ne(losses.IGNORE_INDEX))
-        if teacher is not None:
-            kd = losses.soft_label_loss(logits, teacher[0], temperature, reduction="none")
-            terms["loss_kd"] = (kd, torch.ones_like(kd))
-        return terms
+    (logits,) = student
+    if labelled:
+        ce = losses.hard_label_loss(logits, inputs["labels"], reduction="none")
+        terms["loss_ce"] = (ce, inputs["labels"].ne(losses.IGNORE_INDEX))
+    if teacher is not None:
+        kd = losses.soft_label_loss(logits, teacher[0], temperature, reduction="none")
+        terms["loss_kd"] = (kd, torch.ones_like(kd))
+    return terms
 
-    (logits,), teacher_logits = student, None if teacher is None else teacher[0]
-    if task is CAUSAL_LM:  # position i predicts token i + 1
-        logits = logits[:, :-1]
-        teacher_logits = None if teacher_logits is None else teacher_logits[:, :-1]
-        targets, valid = _next_token_targets(inputs)
+
+def _token_terms(task, student, teacher, inputs, temperature, weights, training):
+    """Per-token tasks: KD and CE from one log-softmax per chunk of distilled rows (`hf_distill.token_kd`).
+
+    The logits are read where they are, `(B, T, V)`: for the causal LM, position `i` predicts token `i + 1`, so the
+    last position is simply not distilled (no shifted copy of the logits is made)."""
+    if task is CAUSAL_LM:
+        targets, valid = _next_token_targets(inputs)  # (B, T-1)
+        targets = torch.nn.functional.pad(targets, (0, 1), value=losses.IGNORE_INDEX)  # (B, T)
+        valid = torch.nn.functional.pad(valid, (0, 1), value=False)
     else:
         targets, valid = inputs.get("labels"), distilled_positions(task, inputs)
+    labelled = has_labels(task, inputs)
+    want_ce = labelled and (weights["loss_ce"] > 0 or not training or temperature == 1)
+    if isinstance(teacher, tuple):
+        teacher = teacher[0]
+    if isinstance(student, token_kd.ProjectedLogits):
+        projection = student
+        result = token_kd.fused_token_output_loss(
+            projection.hidden, projection.weight, projection.bias, teacher, targets if want_ce else None, valid,
+            temperature, kd_weight=weights["loss_kd"], ce_weight=weights["loss_ce"],
+        )  # fmt: skip
+    else:
+        result = token_kd.token_output_loss(
+            student[0], teacher, targets if want_ce else None, valid, temperature,
+            kd_weight=weights["loss_kd"], ce_weight=weights["loss_ce"],
+        )  # fmt: skip
     counts = valid.sum(dim=1)
-    if labelled:
-        ce = losses.token_hard_label_loss(logits, targets.masked_fill(~valid, losses.IGNORE_INDEX), reduction="none")
-        terms["loss_ce"] = (ce.sum(dim=1), counts)
-    if teacher_logits is not None:
-        kd = losses.token_soft_label_loss(logits, teacher_logits, valid, temperature, reduction="none")
-        terms["loss_kd"] = (kd.sum(dim=1), counts)
-    return terms
+    terms = {}
+    if result.ce is not None:
+        terms["loss_ce"] = (result.ce.sum(dim=1), counts)
+    if result.kd is not None:
+        terms["loss_kd"] = (result.kd.sum(dim=1), counts)
+    return terms, result.objective

@@ -15,6 +15,14 @@ The key is a hash of everything that decides the logits, so a stale cache is nev
   `pad_to_multiple_of`, ...), not its code;
 * the mixed-precision setting of the run and the cache format version.
 
+For causal language models the logits are `(T, V)` per example, too large to store whole (GPT-2: 200 KB per
+token), so the cache keeps, per position, the teacher's `k` most probable tokens with their log-probabilities at
+the run's temperature and the log-probability of all the others (`teacher_top_k_*` columns,
+`DistillationArguments.teacher_cache_top_k`, default 64: 0.5 KB per token); the KD term is then the KL over the
+k kept tokens plus one tail bucket (`hf_distill.token_kd`; equal to the full KL when `k = V`). `k` and the
+temperature join the key. Masked LMs are not cached: their collator masks other positions every epoch, so the
+teacher's inputs change.
+
 Attention maps are not cached: they are `(layers, heads, T, T)` per example, far too large to store, so the
 cache needs `gamma = 0` (with `gamma > 0` the teacher must run every step anyway and a logits cache would save
 nothing; `DistillationArguments` refuses the combination). The cache covers the training set only; evaluation
@@ -39,11 +47,20 @@ import torch
 
 from .artifacts import atomic_write_text
 
-__all__ = ["TEACHER_LOGITS", "TeacherLogitsCollator", "load_or_compute_teacher_logits", "teacher_cache_key"]
+__all__ = [
+    "TEACHER_LOGITS",
+    "TOP_K_COLUMNS",
+    "TeacherLogitsCollator",
+    "TeacherTopKCollator",
+    "load_or_compute_teacher_logits",
+    "teacher_cache_key",
+]
 
 logger = logging.getLogger(__name__)
 
 TEACHER_LOGITS = "teacher_logits"  # the column (and batch key) holding the cached logits
+# causal LMs: per position, the k kept token ids, their log-probabilities at T, and the log-probability of the rest
+TOP_K_COLUMNS = ("teacher_top_k_indices", "teacher_top_k_log_probs", "teacher_top_k_tail")
 LABEL_COLUMNS = ("label", "labels", "label_ids")  # do not change the teacher's logits
 CACHE_FORMAT = 1
 _KEY_FILE = "cache_key.json"
@@ -138,6 +155,7 @@ def teacher_cache_key(
     tokenizer: Any = None,
     collator: Any = None,
     precision: str = "fp32",
+    extra: dict[str, Any] | None = None,
 ) -> tuple[str, dict[str, Any]]:
     """The cache key of `teacher`'s logits on `dataset`, and the parts it was made from (saved beside the cache).
 
@@ -147,6 +165,7 @@ def teacher_cache_key(
         tokenizer (*optional*): the run's `processing_class`.
         collator (*optional*): the run's `data_collator`.
         precision (`str`, *optional*, defaults to `"fp32"`): the run's mixed-precision setting.
+        extra (`dict`, *optional*): more settings that change what is cached (the top-k cache's `k` and `T`).
 
     Returns:
         `(key, parts)`: a 32-character hex key and a JSON-able dict of its components.
@@ -160,6 +179,7 @@ def teacher_cache_key(
         "tokenizer": tokenizer_fingerprint(tokenizer),
         "collator": collator_description(collator),
         "precision": precision,
+        **(extra or {}),
     }
     key = hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()[:32]
     return key, parts
@@ -187,8 +207,36 @@ def compute_teacher_logits(
     return restored
 
 
+def compute_teacher_top_k(
+    dataset, collator: Callable, forward: Callable[[dict], torch.Tensor], batch_size: int, k: int, temperature: float
+) -> dict[str, list]:
+    """Causal LMs: per example, the top-k summary (`token_kd.top_k_teacher`) of the teacher at each real position.
+
+    Returns the `TOP_K_COLUMNS` as lists (one entry per row of `dataset`, in row order) of per-position lists.
+    """
+    from .token_kd import top_k_teacher
+
+    columns: dict[str, list] = {name: [] for name in TOP_K_COLUMNS}
+    loader = torch.utils.data.DataLoader(dataset, batch_size=batch_size, collate_fn=collator)
+    with torch.random.fork_rng(devices=[]):
+        for batch in loader:
+            logits = forward(batch).detach().float().cpu()  # (B, T, V)
+            top = top_k_teacher(logits, min(k, logits.shape[-1]), temperature)
+            mask = batch.get("attention_mask")
+            real = torch.ones(logits.shape[:2], dtype=torch.bool) if mask is None else mask.cpu().bool()
+            for b in range(logits.shape[0]):
+                keep = real[b]
+                columns[TOP_K_COLUMNS[0]].append(top.indices[b][keep].to(torch.int32).numpy())
+                columns[TOP_K_COLUMNS[1]].append(top.log_probs[b][keep].numpy())
+                columns[TOP_K_COLUMNS[2]].append(top.tail_log_prob[b][keep].numpy())
+    return columns
+
+
 def load_or_compute_teacher_logits(
-    cache_dir: str | os.PathLike, key: str, parts: dict[str, Any], compute: Callable[[], torch.Tensor]
+    cache_dir: str | os.PathLike,
+    key: str,
+    parts: dict[str, Any],
+    compute: Callable[[], torch.Tensor | dict[str, list]],
 ):
     """The one-column (`teacher_logits`) dataset stored under `cache_dir/key`, computing and saving it if absent.
 
@@ -200,17 +248,20 @@ def load_or_compute_teacher_logits(
     folder = Path(cache_dir) / key
     if (folder / _KEY_FILE).is_file():
         stored = load_from_disk(str(folder))
-        if len(stored) == parts["num_rows"] and stored.column_names == [TEACHER_LOGITS]:
+        expected = list(TOP_K_COLUMNS) if parts.get("top_k") else [TEACHER_LOGITS]
+        if len(stored) == parts["num_rows"] and stored.column_names == expected:
             logger.info("teacher logits: using the cache at %s", folder)
             return stored
         logger.warning("teacher logits: the cache at %s does not match its key file; recomputing it.", folder)
     logger.info("teacher logits: computing them for %d training rows (cached at %s)", parts["num_rows"], folder)
     logits = compute()
-    if logits.shape[0] != parts["num_rows"]:
-        raise RuntimeError(f"the teacher produced {logits.shape[0]} rows of logits for {parts['num_rows']} rows.")
+    columns = logits if isinstance(logits, dict) else {TEACHER_LOGITS: logits.numpy()}
+    rows = len(next(iter(columns.values())))
+    if rows != parts["num_rows"]:
+        raise RuntimeError(f"the teacher produced {rows} rows of logits for {parts['num_rows']} rows.")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-    Dataset.from_dict({TEACHER_LOGITS: logits.numpy()}).save_to_disk(str(staging))
+    Dataset.from_dict(columns).save_to_disk(str(staging))
     atomic_write_text(staging / _KEY_FILE, json.dumps(parts, indent=2, sort_keys=True, default=str))
     if folder.exists():  # an incomplete or mismatched cache from before
         shutil.rmtree(folder, ignore_errors=True)
@@ -228,7 +279,7 @@ def with_teacher_logits(dataset, logits):
     combined = concatenate_datasets([dataset, logits], axis=1)
     fmt = dataset.format
     if fmt["type"] is not None:
-        columns = None if fmt["columns"] is None else [*fmt["columns"], TEACHER_LOGITS]
+        columns = None if fmt["columns"] is None else [*fmt["columns"], *logits.column_names]
         combined = combined.with_format(
             fmt["type"], columns=columns, output_all_columns=fmt["output_all_columns"], **fmt["format_kwargs"]
         )
@@ -251,6 +302,49 @@ class TeacherLogitsCollator:
         return batch
 
 
+class TeacherTopKCollator:
+    """Wraps a data collator for a causal LM's top-k cache: pads each row's per-position top-k summary to the batch.
+
+    The cached positions are the example's real tokens, in order; they are placed where the collated batch's
+    `attention_mask` is 1 (so left and right padding both work). Other positions get a harmless filler that the
+    loss never reads: token 0 with log-probability 0 and an empty tail.
+    """
+
+    def __init__(self, collator: Callable) -> None:
+        self.collator = collator
+
+    def __call__(self, features: list[dict[str, Any]]) -> dict[str, Any]:
+        cached = [[np.asarray(f[name]) for name in TOP_K_COLUMNS] for f in features]
+        batch = self.collator([{k: v for k, v in f.items() if k not in TOP_K_COLUMNS} for f in features])
+        batch_size, length = batch["input_ids"].shape
+        k = cached[0][0].shape[-1]
+        indices = torch.zeros(batch_size, length, k, dtype=torch.long)
+        log_probs = torch.zeros(batch_size, length, k)
+        tail = torch.full((batch_size, length), float("-inf"))
+        mask = batch.get("attention_mask")
+        for b, (ids, probs, rest) in enumerate(cached):
+            positions = torch.arange(len(ids)) if mask is None else mask[b].bool().nonzero().squeeze(1)
+            if len(positions) != len(ids):
+                raise ValueError(
+                    f"the teacher cache holds {len(ids)} positions for a row whose batch has {len(positions)} real "
+                    "tokens: the collator changed the row's tokens (e.g. truncation) after the cache was built."
+                )
+            indices[b, positions] = torch.as_tensor(ids, dtype=torch.long)
+            log_probs[b, positions] = torch.as_tensor(probs, dtype=torch.float32)
+            tail[b, positions] = torch.as_tensor(rest, dtype=torch.float32)
+        batch.update(zip(TOP_K_COLUMNS, (indices, log_probs, tail)))
+        return batch
+
+
+def top_k_teacher_of(batch: dict[str, Any]):
+    """The cached `TopKTeacher` of a collated batch, or `None` when the batch holds no top-k cache."""
+    if TOP_K_COLUMNS[0] not in batch:
+        return None
+    from .token_kd import TopKTeacher
+
+    return TopKTeacher(*(batch[name] for name in TOP_K_COLUMNS))
+
+
 def check_cacheable(train_dataset) -> None:
     """Refuse, before any work, a training set the cache cannot attach a column to."""
     from datasets import Dataset
@@ -260,8 +354,9 @@ def check_cacheable(train_dataset) -> None:
             f"`teacher_cache_dir` needs the training set as a `datasets.Dataset`, got {type(train_dataset).__name__}. "
             "Convert it (e.g. `Dataset.from_dict`, `Dataset.from_list`) or leave teacher_cache_dir unset."
         )
-    if TEACHER_LOGITS in train_dataset.column_names:
+    taken = [c for c in (TEACHER_LOGITS, *TOP_K_COLUMNS) if c in train_dataset.column_names]
+    if taken:
         raise ValueError(
-            f"the training set already has a {TEACHER_LOGITS!r} column, which the teacher cache would add. Remove or "
+            f"the training set already has a {taken[0]!r} column, which the teacher cache would add. Remove or "
             "rename it, or leave teacher_cache_dir unset."
         )

@@ -24,6 +24,7 @@ from .artifacts import CONFIG_NAME, HISTORY_NAME, DistillationRecord, library_ve
 from .attention import AttentionRecorder, ProjectionRecorder
 from .card import CARD_NAME, teacher_lineage, trainer_model_card, write_model_card
 from .guards import NonFiniteLossGuard
+from .lm_head import ProjectionCapture, fused_projection_problem
 from .modeling import check_teacher_layers, count_parameters, default_layer_map, num_layers
 from .projection import HiddenProjection, ZeroGradAfterStep, add_to_optimizer, average_gradients
 from .student import build_student
@@ -118,11 +119,12 @@ class DistillationTrainer(Trainer):
             )
         checks.check_models(model, teacher_model, kwargs.get("processing_class"))
         if args.teacher_cache_dir is not None:
-            if self.task is not tasks.SEQUENCE_CLASSIFICATION:
+            if self.task not in (tasks.SEQUENCE_CLASSIFICATION, tasks.CAUSAL_LM):
                 raise ValueError(
-                    f"teacher_cache_dir={args.teacher_cache_dir!r} caches one row of class logits per example, for "
-                    f"sequence classification; this is a {self.task.name} model, whose logits are per token and too "
-                    "large to store. Leave teacher_cache_dir unset."
+                    f"teacher_cache_dir={args.teacher_cache_dir!r} caches class logits per example (sequence "
+                    f"classification) or a top-k summary per token (causal LMs); this is a {self.task.name} model, "
+                    "whose teacher outputs change every epoch (masked LM: new masks) or are not cached. Leave "
+                    "teacher_cache_dir unset."
                 )
             teacher_cache.check_cacheable(kwargs.get("train_dataset"))
 
@@ -146,6 +148,9 @@ class DistillationTrainer(Trainer):
             self._student_projections = ProjectionRecorder(model, len(self.layer_map) - 1)
             self._teacher_projections = ProjectionRecorder(self.teacher_model, self.layer_map[-1])
             self._relation_heads = _relation_heads(args, self._student_projections, self._teacher_projections)
+        self._student_capture = self._teacher_capture = None
+        if self._fuses_lm_head(model, self.teacher_model):  # see hf_distill/lm_head.py
+            self._student_capture, self._teacher_capture = ProjectionCapture(model), ProjectionCapture(teacher_model)
         self._term_sums: dict[str, dict[str, list[torch.Tensor]]] = {"train": {}, "eval": {}}
         self._teacher_lineage = teacher_lineage(self.teacher_name_or_path)
         self._card_kwargs: dict[str, Any] = {}  # what the last create_model_card call was given, kept for later saves
@@ -164,9 +169,28 @@ class DistillationTrainer(Trainer):
         self._teacher_dtype = engines.resolve_teacher_dtype(self.args.teacher_dtype, precision)  # for float inputs
         return teacher
 
+    def _fuses_lm_head(self, student: nn.Module, teacher: nn.Module) -> bool:
+        """Whether training computes the output projections inside the loss (`fuse_lm_head`, default: where it can)."""
+        requested = self.args.fuse_lm_head
+        if requested is False:
+            return False
+        problem = None
+        if self.task not in (tasks.CAUSAL_LM, tasks.MASKED_LM):
+            problem = f"this is a {self.task.name} model; the fused loss is for causal and masked language models"
+        elif self.is_deepspeed_enabled or self.is_fsdp_enabled:
+            problem = "DeepSpeed and FSDP shard the heads' weights, which the fused loss reads outside the forward"
+        else:
+            for who, model in (("student", student), ("teacher", teacher)):
+                reason = fused_projection_problem(model)
+                problem = problem or (f"the {who}'s {reason}" if reason else None)
+        if problem and requested:
+            raise ValueError(f"fuse_lm_head=True cannot be honoured: {problem}. Set fuse_lm_head=False (or leave it "
+                             "unset to fuse only where possible).")  # fmt: skip
+        return problem is None
+
     @torch.no_grad()
     def _teacher_forward(
-        self, inputs: dict[str, Any]
+        self, inputs: dict[str, Any], fused: bool = False
     ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor] | None, tuple | None]:
         """The teacher's logits (`tasks.task_logits`), attention maps of the mapped layers (gamma > 0), hidden states.
 
@@ -181,25 +205,31 @@ class DistillationTrainer(Trainer):
         projecting = self._teacher_projections.recording() if self._teacher_projections else contextlib.nullcontext()
         # The student's forward runs under the run's mixed precision (accelerate wraps it); the teacher, which we keep
         # out of `accelerator.prepare`, gets the same autocast here instead of running in full float32.
-        with recording, projecting, self.accelerator.autocast():
+        capturing = self._teacher_capture.capturing() if fused else contextlib.nullcontext()
+        with recording, projecting, capturing, self.accelerator.autocast():
             outputs = self._teacher_runner(**teacher_inputs)
         maps = self._teacher_recorder.attention_maps(inputs.get("attention_mask")) if self._teacher_recorder else None
-        logits = tasks.task_logits(self.task, outputs)
+        logits = (self._teacher_capture.logits(),) if fused else tasks.task_logits(self.task, outputs)
         return logits, maps, outputs.hidden_states if self.args.hidden_weight > 0 else None
 
     # ---- teacher-output cache (opt-in, gamma = 0): see hf_distill/teacher_cache.py --------------------------
 
     def _set_signature_columns_if_needed(self) -> None:
         super()._set_signature_columns_if_needed()
-        if self.args.teacher_cache_dir is not None and teacher_cache.TEACHER_LOGITS not in self._signature_columns:
-            self._signature_columns.append(teacher_cache.TEACHER_LOGITS)  # survives remove_unused_columns
+        if self.args.teacher_cache_dir is not None:
+            for column in (teacher_cache.TEACHER_LOGITS, *teacher_cache.TOP_K_COLUMNS):
+                if column not in self._signature_columns:
+                    self._signature_columns.append(column)  # survives remove_unused_columns
 
     def get_train_dataloader(self):
         if self.args.teacher_cache_dir is None or self.args.beta == 0 or self.train_dataset is None:
             return super().get_train_dataloader()
         dataset, collator = self.train_dataset, self.data_collator
         self.train_dataset = teacher_cache.with_teacher_logits(dataset, self._cached_teacher_logits(dataset))
-        self.data_collator = teacher_cache.TeacherLogitsCollator(collator)
+        top_k = self.task is tasks.CAUSAL_LM
+        self.data_collator = (teacher_cache.TeacherTopKCollator if top_k else teacher_cache.TeacherLogitsCollator)(
+            collator
+        )
         try:
             return super().get_train_dataloader()
         finally:  # the user's dataset and collator stay as they gave them
@@ -210,16 +240,23 @@ class DistillationTrainer(Trainer):
         seen = self._remove_unused_columns(dataset, description="teacher cache")  # exactly what the collator gets
         precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
         precision += f"/teacher:{self._teacher_dtype}"  # a teacher cast to another dtype gives other logits
+        top_k = self.task is tasks.CAUSAL_LM  # a top-k summary at T: both join the key
+        extra = {"top_k": self.args.teacher_cache_top_k, "temperature": self.args.temperature} if top_k else None
         key, parts = teacher_cache.teacher_cache_key(
-            self.teacher_model, seen, self.processing_class, self.data_collator, precision
+            self.teacher_model, seen, self.processing_class, self.data_collator, precision, extra
         )
 
         def forward(batch: dict[str, Any]) -> torch.Tensor:
             with self.compute_loss_context_manager():
-                return self._teacher_forward(self._prepare_inputs(batch))[0][0]  # (B, C) class logits
+                return self._teacher_forward(self._prepare_inputs(batch))[0][0]  # (B, C) or (B, T, V) logits
 
-        def compute() -> torch.Tensor:
+        def compute() -> torch.Tensor | dict[str, list]:
             batch_size = self.args.per_device_eval_batch_size * max(1, self.args.n_gpu)
+            if top_k:
+                k, temperature = self.args.teacher_cache_top_k, self.args.temperature
+                return teacher_cache.compute_teacher_top_k(
+                    seen, self.data_collator, forward, batch_size, k, temperature
+                )
             return teacher_cache.compute_teacher_logits(seen, self.data_collator, forward, max(batch_size, 32))
 
         with self.args.main_process_first(desc="teacher logits cache"):
@@ -302,7 +339,9 @@ class DistillationTrainer(Trainer):
         mode = "train" if model.training else "eval"
         attention_mask = inputs.get("attention_mask")
         cached_logits = inputs.get(teacher_cache.TEACHER_LOGITS)  # (B, C) from the teacher-output cache
-        dropped = (*task.label_names, teacher_cache.TEACHER_LOGITS)  # the student computes no loss of its own
+        if cached_logits is None:
+            cached_logits = teacher_cache.top_k_teacher_of(inputs)  # causal LM: TopKTeacher, (B, T, k)
+        dropped = (*task.label_names, teacher_cache.TEACHER_LOGITS, *teacher_cache.TOP_K_COLUMNS)  # student: no loss
         student_inputs = {k: v for k, v in inputs.items() if k not in dropped}
         if args.alpha > 0 and mode == "train" and not tasks.has_labels(task, inputs):
             raise ValueError(
@@ -316,22 +355,29 @@ class DistillationTrainer(Trainer):
         projecting = self._student_projections.recording() if self._student_projections else contextlib.nullcontext()
         if args.hidden_weight > 0:
             student_inputs["output_hidden_states"] = True
-        with recording, projecting:
+        # fused: the heads' projections run inside the loss, a chunk of tokens at a time (hf_distill/lm_head.py)
+        fused = self._student_capture is not None and mode == "train" and (args.alpha > 0 or args.beta > 0)
+        capturing = self._student_capture.capturing() if fused else contextlib.nullcontext()
+        with recording, projecting, capturing:
             outputs = model(**student_inputs)
         student_maps = self._student_recorder.attention_maps(attention_mask) if self._student_recorder else None
         needs_internals = args.gamma > 0 or args.hidden_weight > 0 or args.relation_weight > 0  # maps, states
         if cached_logits is not None and not needs_internals:
-            teacher_logits, teacher_maps, teacher_hidden = (cached_logits,), None, None
+            teacher_logits, teacher_maps, teacher_hidden = (cached_logits,), None, None  # (B, C) or a TopKTeacher
         elif args.beta > 0 or needs_internals:
-            teacher_logits, teacher_maps, teacher_hidden = self._teacher_forward(inputs)
+            teacher_logits, teacher_maps, teacher_hidden = self._teacher_forward(inputs, fused=fused)
         else:
             teacher_logits, teacher_maps, teacher_hidden = None, None, None
 
-        student_logits = tasks.task_logits(task, outputs)
-        terms = tasks.output_terms(task, student_logits, teacher_logits, inputs, args.temperature)
+        student_logits = (self._student_capture.logits(),) if fused else tasks.task_logits(task, outputs)
+        weights = args.term_weights()
+        terms, output_sum = tasks.output_terms(
+            task, student_logits[0] if fused else student_logits, teacher_logits, inputs, args.temperature, weights,
+            training=mode == "train",
+        )  # fmt: skip
         # name -> (per-example values, counts), each (B,); output terms are sums over each example's units
-        batch = student_logits[0].shape[0]
-        ones = torch.ones(batch, device=student_logits[0].device)
+        batch = tasks.batch_size(inputs)
+        ones = torch.ones(batch, device=output_sum.device)
         if student_maps is not None:
             attention_fn = _ATTENTION_LOSS_FUNCTIONS[args.attention_loss]
             pairs = zip(student_maps, teacher_maps)
@@ -341,9 +387,6 @@ class DistillationTrainer(Trainer):
             terms["loss_hidden"] = (self._hidden_loss(outputs.hidden_states, teacher_hidden, attention_mask), ones)
         if self._student_projections is not None:
             terms["loss_relation"] = (self._relation_loss(attention_mask), ones)
-        weights = args.term_weights()
-        output_sum = sum((weights[n] * terms[n][0].sum() for n in _OUTPUT_TERMS if n in terms and weights[n] > 0),
-                         torch.zeros((), device=ones.device))  # fmt: skip
         example_sum = sum((weights[n] * v.sum() for n, (v, _) in terms.items() if n not in _OUTPUT_TERMS),
                           torch.zeros((), device=ones.device))  # fmt: skip
         if mode == "train" and args.alpha == 0 and args.beta == 0:

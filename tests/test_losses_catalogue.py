@@ -134,7 +134,7 @@ def test_position_soft_label_loss_hand_computed_drops_padded_positions():
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_token_soft_label_loss_chunks_give_autograd_values_and_gradients(monkeypatch, dtype):
     """The hand-written backward, chunk by chunk, equals autograd through the plain row-wise loss."""
-    from hf_distill import losses
+    from hf_distill import losses, token_kd
 
     torch.manual_seed(0)
     student = (3 * torch.randn(3, 7, 11)).to(dtype).requires_grad_()
@@ -144,8 +144,8 @@ def test_token_soft_label_loss_chunks_give_autograd_values_and_gradients(monkeyp
     plain_student = student.detach().clone().requires_grad_()
     rows = losses.soft_label_loss(plain_student[mask], teacher[mask], 2.0, reduction="none")
     (rows * weights[mask]).sum().backward()
-    for chunk_elements in (1 << 24, 2 * 11):  # one chunk; two rows per chunk
-        monkeypatch.setattr(losses, "_CHUNK_ELEMENTS", chunk_elements)
+    for chunk_elements in (1 << 24, 11):  # one chunk; one row per chunk and thread
+        monkeypatch.setattr(token_kd, "_CHUNK_ELEMENTS", chunk_elements)
         student.grad = None
         per_token = token_soft_label_loss(student, teacher, mask, 2.0, reduction="none")
         (per_token * weights).sum().backward()

@@ -1,0 +1,194 @@
+"""Our trainer against its peers on the same batches: TRL's GKD trainer (causal LM) and a hand-written floor.
+
+Causal LM (the issue's set-up): a randomly initialised GPT-2 (4 layers -> 2 layers, 128 wide, vocabulary 50,257),
+sequences of 128 tokens, batch 8, float32, CPU, forward KL at T = 1 per token, alpha = 0, AdamW:
+
+    floor        hand loop: student forward, teacher forward (no_grad), autograd KL on the shifted distilled
+                 rows (`F.kl_div(log_softmax(s), log_softmax(t), log_target=True)` / tokens), backward, step
+    ours         `DistillationTrainer.training_step` with `fuse_lm_head=False` (logits, one-pass loss)
+    ours_fused   `DistillationTrainer.training_step`, default `fuse_lm_head` (the heads run inside the loss)
+    trl_gkd      TRL's `GKDTrainer.training_step` with lmbda = 0 (no generation), beta = 0 (forward KL)
+
+Every configuration has its own copy of the same initial student and its own AdamW (lr 1e-5) and sees the same
+batches. Rounds are interleaved (every configuration runs `--steps` steps per round, in a rotated order), so
+load from other processes hits them alike; the ratio to the floor is taken per round and reported as the median
+with its range. Peak tensor memory is measured once per configuration on one extra step
+(`_common.tensor_peak_mb`, profiler allocation events, above the models in place).
+
+Peers are benchmark extras, never library dependencies: `pip install --no-deps trl` (see docs/benchmarks.md).
+A peer that cannot be imported is reported as skipped, with the reason.
+
+    nice python benchmarks/peers.py                      # about 10 minutes on 2 busy cores
+    nice python benchmarks/peers.py --rounds 1 --steps 1 # smoke run
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import functools
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _common  # noqa: E402
+
+os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--vocab", type=int, default=50_257)
+    parser.add_argument("--width", type=int, default=128)
+    parser.add_argument("--seq", type=int, default=128)
+    parser.add_argument("--batch", type=int, default=8)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration and round")
+    parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: see docs/benchmarks.md)")
+    parser.add_argument("--configs", nargs="+", default=["floor", "ours", "ours_fused", "trl_gkd"])
+    parser.add_argument("--output", default="peers_causal_lm_cpu")
+    return parser.parse_args(argv)
+
+
+def gpt2(layers: int, opts, seed: int):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    torch.manual_seed(seed)
+    config = GPT2Config(vocab_size=opts.vocab, n_embd=opts.width, n_head=4, n_layer=layers, n_positions=opts.seq,
+                        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
+    return GPT2LMHeadModel(config)
+
+
+def tiny_tokenizer():
+    """A word-level tokenizer built in code: TRL's trainers want one (they would otherwise fetch it from the Hub)."""
+    from tokenizers import Tokenizer, models
+    from transformers import PreTrainedTokenizerFast
+
+    vocab = {"[PAD]": 0, "[UNK]": 1}
+    backend = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    return PreTrainedTokenizerFast(tokenizer_object=backend, pad_token="[PAD]", unk_token="[UNK]")
+
+
+def batches(opts, count: int) -> list[dict[str, torch.Tensor]]:
+    generator = torch.Generator().manual_seed(0)
+    out = []
+    for _ in range(count):
+        ids = torch.randint(0, opts.vocab, (opts.batch, opts.seq), generator=generator)
+        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
+    return out
+
+
+class Floor:
+    """Student step + teacher forward + autograd forward KL on the distilled rows: the cost to beat."""
+
+    def __init__(self, teacher, student):
+        self.teacher, self.student = teacher.eval(), student.train()
+        self.optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
+
+    def step(self, batch):
+        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
+        student_logits = self.student(**inputs).logits[:, :-1]
+        with torch.no_grad():
+            teacher_logits = self.teacher(**inputs).logits[:, :-1]
+        mask = batch["labels"][:, 1:] != -100
+        log_p, log_q = F.log_softmax(student_logits[mask], -1), F.log_softmax(teacher_logits[mask], -1)
+        loss = F.kl_div(log_p, log_q, log_target=True, reduction="sum") / mask.sum()
+        loss.backward()
+        self.optimizer.step()
+        self.optimizer.zero_grad()
+
+
+class TrainerStep:
+    """One `Trainer.training_step` (forward, loss, backward) plus the optimizer step, on a given batch."""
+
+    def __init__(self, trainer):
+        self.trainer = trainer
+        trainer.create_optimizer()
+        trainer.current_gradient_accumulation_steps = 1  # set by Trainer.train, which we do not run
+        self.student = trainer.model
+
+    def step(self, batch):
+        self.trainer.training_step(self.trainer.model, dict(batch))
+        self.trainer.optimizer.step()
+        self.trainer.optimizer.zero_grad()
+
+
+def build(name: str, teacher, student, opts, workdir: str):
+    common = dict(output_dir=workdir, use_cpu=True, report_to=[], learning_rate=1e-5, save_strategy="no",
+                  disable_tqdm=True, optim="adamw_torch")  # fmt: skip
+    if name == "floor":
+        return Floor(teacher, student)
+    if name in ("ours", "ours_fused"):
+        from hf_distill import DistillationArguments, DistillationTrainer
+
+        args = DistillationArguments(**common, temperature=1.0, alpha=0.0, beta=1.0, gamma=0.0,
+                                     fuse_lm_head=None if name == "ours_fused" else False)  # fmt: skip
+        return TrainerStep(DistillationTrainer(model=student, teacher_model=teacher, args=args))
+    if name == "trl_gkd":
+        from datasets import Dataset
+        from trl.experimental.gkd import GKDConfig, GKDTrainer
+
+        args = GKDConfig(**common, lmbda=0.0, beta=0.0, temperature=1.0, max_length=opts.seq)
+        data = Dataset.from_dict({"input_ids": [[1, 2]]})  # never read: we hand the batches to training_step
+        trainer = GKDTrainer(model=student, teacher_model=teacher, args=args, train_dataset=data,
+                             processing_class=tiny_tokenizer(), data_collator=lambda rows: rows)  # fmt: skip
+        return TrainerStep(trainer)
+    raise ValueError(f"unknown configuration {name!r}")
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parse_args(argv)
+    torch.set_num_threads(opts.threads)
+    info = _common.machine_info()
+    _common.print_machine(info)
+    teacher, initial = gpt2(4, opts, seed=1), gpt2(2, opts, seed=2)
+    data = batches(opts, opts.rounds * opts.steps + 1)
+    runners, skipped = {}, {}
+    workdir = tempfile.mkdtemp(prefix="peers-")
+    for name in opts.configs:
+        try:
+            runners[name] = build(name, copy.deepcopy(teacher), copy.deepcopy(initial), opts, workdir)
+        except ImportError as error:
+            skipped[name] = f"{type(error).__name__}: {error}"
+            print(f"skipped {name}: {skipped[name]}")
+    names = list(runners)
+    peaks = {}
+    for name in names:  # one untimed step each: warm-up and peak tensor memory
+        peaks[name], _ = _common.tensor_peak_mb(functools.partial(runners[name].step, data[-1]))
+    times = {name: [] for name in names}  # per round: median seconds per step
+    for round_index in range(opts.rounds):
+        order = names[round_index % len(names) :] + names[: round_index % len(names)]
+        for name in order:
+            steps = []
+            for batch in data[round_index * opts.steps : (round_index + 1) * opts.steps]:
+                started = time.perf_counter()
+                runners[name].step(batch)
+                steps.append(time.perf_counter() - started)
+            times[name].append(statistics.median(steps))
+        print(f"round {round_index + 1}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names), flush=True)
+    rows = []
+    for name in names:
+        row = {"config": name, "s_per_step": round(statistics.median(times[name]), 3),
+               "peak_tensor_MiB": round(peaks[name], 1)}  # fmt: skip
+        for base in ("floor", "trl_gkd"):
+            if base in times and base != name:
+                ratios = [a / b for a, b in zip(times[name], times[base])]
+                row[f"vs_{base}"] = round(statistics.median(ratios), 3)
+                row[f"vs_{base}_range"] = f"{min(ratios):.2f}..{max(ratios):.2f}"
+        rows.append(row)
+    print(f"\ncausal LM: GPT-2 4 -> 2 layers, width {opts.width}, V={opts.vocab}, seq {opts.seq}, batch {opts.batch},"
+          f" {opts.threads} thread(s); {opts.rounds} rounds x {opts.steps} steps")  # fmt: skip
+    _common.print_table(rows, list(dict.fromkeys(k for r in rows for k in r)))
+    _common.write_results(opts.output, {"machine": info, "options": vars(opts), "rows": rows, "skipped": skipped,
+                                        "round_seconds": times})  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
