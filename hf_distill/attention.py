@@ -101,6 +101,9 @@ class AttentionRecorder:
                 padded_keys, torch.finfo(scores.dtype).min
             )
             scores.add_(additive)  # in place: matmul's backward needs q and k, not its output; one map less at peak
+        if spec.causal:  # a decoder: query i sees keys j <= i only
+            future = torch.ones(length, length, dtype=torch.bool, device=scores.device).triu_(1)  # (T, T)
+            scores.masked_fill_(future, torch.finfo(scores.dtype).min)
         if self.scores:
             return scores
         if scores.requires_grad:

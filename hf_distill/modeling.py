@@ -92,6 +92,7 @@ class SelfAttentionSpec:
     head_dim: int
     scaling: float
     value: nn.Linear | None = None
+    causal: bool = False  # a decoder's self-attention: query i sees keys j <= i only
 
 
 def _heads_of(attention: nn.Module, query: nn.Linear, config) -> tuple[int, int]:
@@ -142,7 +143,8 @@ def self_attention_spec(model: nn.Module, layer_index: int) -> SelfAttentionSpec
                     )
                 value = getattr(module, v_name, None)
                 value = value if isinstance(value, nn.Linear) else None
-                return SelfAttentionSpec(query, key, heads, head_dim, scaling, value)
+                causal = bool(getattr(module, "is_causal", False))
+                return SelfAttentionSpec(query, key, heads, head_dim, scaling, value, causal)
     raise ValueError(
         f"layer {layer_index} of {type(model).__name__} has no query/key projections named "
         f"{', '.join(f'{q}/{k}' for q, k, _ in _PROJECTION_NAMES)}: the attention term cannot be computed. "

@@ -382,8 +382,9 @@ class DistillationTrainer(Trainer):
         """
         student, teacher = self._student_projections.projections(), self._teacher_projections.projections()
         names = ("value",) if self.args.relation_loss == "value" else ProjectionRecorder.NAMES
+        causal = self._teacher_projections.spec.causal  # the student's agrees (checked in _relation_heads)
         per_kind = [
-            losses.relation_kl_loss(student[n], teacher[n], self._relation_heads, attention_mask, reduction="none")
+            losses.relation_kl_loss(student[n], teacher[n], self._relation_heads, attention_mask, "none", causal)
             for n in names
         ]
         return torch.stack(per_kind).mean(dim=0)  # (B,)
@@ -610,6 +611,13 @@ def _check_heads(args: DistillationArguments, student: AttentionRecorder, teache
 
 def _relation_heads(args: DistillationArguments, student: ProjectionRecorder, teacher: ProjectionRecorder) -> int:
     """The relation heads of the self-relation term, checked against both models before any work is done."""
+    if student.spec.causal != teacher.spec.causal:
+        kinds = {True: "causal (a decoder)", False: "bidirectional"}
+        raise ValueError(
+            f"relation_weight={args.relation_weight}: the student's attention is {kinds[student.spec.causal]} but the "
+            f"teacher's is {kinds[teacher.spec.causal]}, so their token relations cover different tokens. Distil a "
+            "decoder into a decoder (e.g. build_student), or set relation_weight=0."
+        )
     if args.relation_loss == "value":  # MiniLM compares each attention head's value relation one to one
         if student.spec.num_heads != teacher.spec.num_heads:
             raise ValueError(
