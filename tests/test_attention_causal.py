@@ -44,7 +44,7 @@ def test_recorded_maps_of_causal_decoders_equal_eager_maps(family):
     recorder = AttentionRecorder(model, [0, 1])
     with recorder.recording(), torch.no_grad():
         model(input_ids=input_ids, attention_mask=attention_mask)
-    recorded = recorder.attention_maps(attention_mask)
+    recorded = recorder.attention_maps()
 
     model.set_attn_implementation("eager")
     with torch.no_grad():
