@@ -7,8 +7,9 @@ padded to a fixed length, in three ways, keeping the maps alive as a training st
     plain     the forward pass alone (default `sdpa` attention), no maps: the floor
     naive     eager attention with `output_attentions=True`: every layer's (B, H, T, T) map is returned and held,
               and the mapped ones are picked out afterwards
-    ours      `AttentionRecorder` on the mapped layers (1, 3 or 6 of them, uniform map): the model keeps its
-              `sdpa` kernel; the q/k projections of those layers are recorded and their maps recomputed in float32
+    ours      `AttentionRecorder` on the mapped layers (1, 3 or 6 of them, uniform map): the model computes with the
+              `sdpa` kernel; the q/k that those layers pass to the attention interface are recorded and their maps
+              rebuilt in float32
 
 "attention MiB" is the peak minus the plain forward's peak: the memory the attention term costs. It should grow
 with the number of mapped layers (ours) and with the teacher's depth (naive), and the ratio naive / ours at 3
@@ -88,12 +89,9 @@ def measure(model, batch: dict, method: str, layer_map: list[int] | None, device
     def run():
         with torch.no_grad(), recorder.recording():
             outputs = model(**batch)
-        return outputs, recorder.attention_maps(batch["attention_mask"])
+        return outputs, recorder.attention_maps()
 
-    try:
-        return _common.tensor_peak_mb(run, device)[0]
-    finally:
-        recorder.remove()
+    return _common.tensor_peak_mb(run, device)[0]
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,106 +1,224 @@
-"""Real, pre-dropout attention maps for the mapped layers, whatever attention kernel the model runs.
+"""Real, pre-dropout attention maps (and Q/K/V) of the mapped layers, recorded through the attention interface.
 
-With `sdpa` or flash attention (the transformers 5.x defaults) `output_attentions=True` returns nothing, and in
-training mode eager attention returns maps after dropout. Instead we hook the query and key projections of the
-mapped layers only and recompute `softmax(Q K^T * scaling + padding mask)` in float32. The model itself still runs
-its fast kernel; memory grows with the number of mapped layers, not with the model's depth.
+transformers 5.x runs every layer's attention through `ALL_ATTENTION_FUNCTIONS[config._attn_implementation]`: the
+function receives the queries and keys after rotary embeddings, the keys and values before grouped-query expansion,
+T5's `position_bias` and the model's full mask (causal, sliding window, padding), as built by the mask function
+registered under the same name. While a recorder is recording, the model runs our registered function instead: it
+keeps those inputs for the mapped layers only and computes the output with the stock `sdpa` kernel. The maps are
+rebuilt afterwards in float32 exactly as eager attention would (`softmax(q k^T * scaling + bias + mask)`), so memory
+grows with the number of mapped layers, not with the model's depth, and `output_attentions` is never needed.
+
+Models whose attention does not go through the interface (DeBERTa-v2, MPNet: relative position attention computed
+in their own code) are refused when the recorder is built.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Sequence
-from contextlib import contextmanager
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
+from typing import Any
 
 import torch
 from torch import nn
+from transformers import AttentionInterface
+from transformers.integrations.sdpa_attention import sdpa_attention_forward
+from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
-from .modeling import SelfAttentionSpec, self_attention_spec
+from .modeling import AttentionGeometry, attention_geometry, find_layers
 
 __all__ = ["AttentionRecorder", "ProjectionRecorder"]
 
+RECORDING_IMPLEMENTATION = "hf_distill_recording"
+# id(module inside a mapped layer) -> the capture callbacks of the recorders recording it right now
+_CAPTURES: dict[int, list[Callable]] = {}
+# id(config) -> [the implementations to restore, number of recorders that switched it]
+_SWITCHED: dict[int, list] = {}
 
-class AttentionRecorder:
-    """Records query/key projections of chosen layers during a forward pass and turns them into attention maps.
+
+def _recording_attention(module: nn.Module, query, key, value, attention_mask, **kwargs):
+    for capture in _CAPTURES.get(id(module), ()):
+        capture(module, query, key, value, attention_mask, kwargs)
+    return sdpa_attention_forward(module, query, key, value, attention_mask, **kwargs)
+
+
+AttentionInterface.register(RECORDING_IMPLEMENTATION, _recording_attention)
+AttentionMaskInterface.register(RECORDING_IMPLEMENTATION, sdpa_mask)  # or the model would get no mask at all
+
+
+@dataclass
+class _Call:
+    """What one layer's self-attention call received (query, key, value each `(B, heads, T, D)`)."""
+
+    query: torch.Tensor
+    key: torch.Tensor
+    value: torch.Tensor | None  # kept only for the relation terms: holding it would cost a (B, T, D) per layer
+    mask: torch.Tensor | None  # boolean (True = attend) or additive, broadcastable to (B, H, T, S)
+    position_bias: torch.Tensor | None
+    scaling: float
+    causal: bool  # sdpa's own `is_causal`: applies only when no mask was given
+
+
+def check_attention_interface(model: nn.Module) -> None:
+    """Raise unless `model`'s layers run their attention through transformers' attention interface."""
+    layer = find_layers(model)[0]
+    if hasattr(sys.modules[type(layer).__module__], "ALL_ATTENTION_FUNCTIONS"):
+        return
+    config = getattr(model, "config", None)
+    relative = (
+        getattr(config, "relative_attention", False)  # DeBERTa(-v2): disentangled content/position attention
+        or getattr(config, "relative_attention_num_buckets", None) is not None  # MPNet: relative position bias
+        or str(getattr(config, "position_embedding_type", "")).startswith("relative")
+    )
+    reason = f"computes {'relative position' if relative else 'its'} attention in its own code"
+    raise ValueError(
+        f"{type(model).__name__} {reason}, outside transformers' attention interface, so its real attention maps "
+        "and query/key/value states cannot be recorded. Set gamma=0 and relation_weight=0 to distil it with the "
+        "logit and hidden-state terms."
+    )
+
+
+class _InterfaceRecorder:
+    """Keeps the first attention-interface call of each chosen layer while recording."""
+
+    keeps_values = False
+
+    def __init__(self, model: nn.Module, layer_indices: Sequence[int]) -> None:
+        check_attention_interface(model)
+        self.model = model
+        self.layer_indices = list(layer_indices)
+        self.geometry: AttentionGeometry = attention_geometry(model)
+        layers = find_layers(model)
+        # Every submodule of a mapped layer: the interface is called with the attention module, found by identity.
+        self._modules = [list(layers[i].modules()) for i in self.layer_indices]
+        self._calls: dict[int, _Call] = {}
+        # Every config the model's modules read the implementation from (T5's stacks hold copies of the model's).
+        configs = (getattr(module, "config", None) for module in model.modules())
+        self._configs = list({id(c): c for c in configs if hasattr(c, "_attn_implementation")}.values())
+
+    def _capture(self, slot: int) -> Callable:
+        def capture(module, query, key, value, mask, kwargs: dict[str, Any]) -> None:
+            if slot in self._calls:  # a decoder layer's cross-attention comes after its self-attention
+                return
+            is_causal = kwargs.get("is_causal")
+            is_causal = is_causal if is_causal is not None else getattr(module, "is_causal", True)
+            scaling = kwargs.get("scaling")
+            scaling = scaling if scaling is not None else query.shape[-1] ** -0.5
+            value = value if self.keeps_values else None
+            self._calls[slot] = _Call(
+                query, key, value, mask, kwargs.get("position_bias"), float(scaling), bool(is_causal)
+            )
+
+        return capture
+
+    @contextmanager
+    def recording(self) -> Iterator[_InterfaceRecorder]:
+        """Record the mapped layers during the forward passes run inside this block (the model's attention runs
+        through `sdpa` meanwhile, whatever its configured implementation)."""
+        self._calls.clear()
+        captures = [(id(m), self._capture(slot)) for slot, modules in enumerate(self._modules) for m in modules]
+        with ExitStack() as stack:
+            for config in self._configs:
+                stack.enter_context(_recording_implementation(config))
+            for key, capture in captures:
+                _CAPTURES.setdefault(key, []).append(capture)
+            try:
+                yield self
+            finally:
+                for key, capture in captures:
+                    _CAPTURES[key].remove(capture)
+                    if not _CAPTURES[key]:
+                        del _CAPTURES[key]
+
+    def _take_calls(self) -> list[_Call]:
+        missing = [self.layer_indices[s] for s in range(len(self.layer_indices)) if s not in self._calls]
+        if missing:
+            raise RuntimeError(
+                f"no attention was recorded for layers {missing} of {type(self.model).__name__}: the forward pass did "
+                "not run them through the attention interface (early exit, layer drop, or no forward inside "
+                "`recording()`)."
+            )
+        calls, self._calls = [self._calls[s] for s in range(len(self.layer_indices))], {}
+        return calls
+
+
+@contextmanager
+def _recording_implementation(config) -> Iterator[None]:
+    """Switch `config` (and its sub-configs) to the recording attention while at least one recorder records."""
+    key = id(config)
+    if key not in _SWITCHED:
+        saved = {"": config._attn_implementation}
+        for name in getattr(config, "sub_configs", {}):
+            if getattr(config, name, None) is not None:
+                saved[name] = getattr(config, name)._attn_implementation
+        _SWITCHED[key] = [saved, 0]
+        config._attn_implementation = RECORDING_IMPLEMENTATION
+    _SWITCHED[key][1] += 1
+    try:
+        yield
+    finally:
+        _SWITCHED[key][1] -= 1
+        if _SWITCHED[key][1] == 0:
+            config._attn_implementation = _SWITCHED.pop(key)[0]
+
+
+class AttentionRecorder(_InterfaceRecorder):
+    """Records the attention of chosen layers during a forward pass and returns their maps as eager attention would.
 
     Args:
-        model (`nn.Module`): a transformers model (unwrapped).
+        model (`nn.Module`): a transformers model (unwrapped) whose attention goes through the attention interface.
         layer_indices (`Sequence[int]`): the blocks whose attention maps are wanted, in the order they are returned.
-        scores (`bool`, *optional*, defaults to `False`): return the pre-softmax scores `Q K^T * scaling` (padded
-            keys at the dtype's minimum) instead of the probabilities, for TinyBERT's loss.
+        scores (`bool`, *optional*, defaults to `False`): return the pre-softmax scores `q k^T * scaling + bias`
+            (masked keys at the float32 minimum) instead of the probabilities, for TinyBERT's loss.
 
     >>> recorder = AttentionRecorder(model, [1, 3])  # doctest: +SKIP
     >>> with recorder.recording():  # doctest: +SKIP
     ...     model(**batch)
-    >>> maps = recorder.attention_maps(batch["attention_mask"])  # list of (B, H, T, T) float32  # doctest: +SKIP
+    >>> maps = recorder.attention_maps()  # list of (B, H, T, T) float32  # doctest: +SKIP
     """
 
     def __init__(self, model: nn.Module, layer_indices: Sequence[int], scores: bool = False) -> None:
-        self.layer_indices = list(layer_indices)
+        super().__init__(model, layer_indices)
         self.scores = scores
-        self.specs: list[SelfAttentionSpec] = [self_attention_spec(model, i) for i in self.layer_indices]
-        self._active = False
-        self._queries: dict[int, torch.Tensor] = {}
-        self._keys: dict[int, torch.Tensor] = {}
-        self._handles = []
-        for slot, spec in enumerate(self.specs):
-            self._handles.append(spec.query.register_forward_hook(self._store(self._queries, slot)))
-            self._handles.append(spec.key.register_forward_hook(self._store(self._keys, slot)))
 
     @property
     def num_heads(self) -> list[int]:
-        return [spec.num_heads for spec in self.specs]
+        return [self.geometry.num_heads] * len(self.layer_indices)
 
-    def _store(self, store: dict[int, torch.Tensor], slot: int):
-        def hook(module: nn.Module, args, output: torch.Tensor) -> None:
-            if self._active:
-                store[slot] = output
-
-        return hook
-
-    @contextmanager
-    def recording(self) -> Iterator[AttentionRecorder]:
-        """Capture projections during the forward passes run inside this block."""
-        self._queries.clear()
-        self._keys.clear()
-        self._active = True
-        try:
-            yield self
-        finally:
-            self._active = False
-
-    def attention_maps(self, attention_mask: torch.Tensor | None) -> list[torch.Tensor]:
-        """Attention probabilities (or scores) of the recorded layers, each `(B, H, T, T)` float32, padded keys at 0.
+    def attention_maps(self) -> list[torch.Tensor]:
+        """Attention probabilities (or scores) of the recorded layers, each `(B, H, T, T)` float32, masked keys at 0.
 
         Raises:
             `RuntimeError` if a mapped layer did not run, so the attention term can never be silently zero.
         """
-        missing = [self.layer_indices[s] for s in range(len(self.specs)) if s not in self._queries]
-        if missing or len(self._keys) != len(self.specs):
-            raise RuntimeError(
-                f"no attention projections were captured for layers {missing or self.layer_indices}: the forward "
-                "pass did not run them (early exit, layer drop, or a model that bypasses its q/k projections)."
-            )
-        device_type = self._queries[0].device.type
-        with torch.autocast(device_type, enabled=False):  # float32 even inside an autocast region
-            maps = [self._probabilities(s, spec, attention_mask) for s, spec in enumerate(self.specs)]
-        self._queries.clear()
-        self._keys.clear()
+        calls = self._take_calls()
+        with torch.autocast(calls[0].query.device.type, enabled=False):  # float32 even inside an autocast region
+            maps = []
+            while calls:  # each layer's inputs are released as soon as its map exists, not at the end
+                maps.append(self._probabilities(calls.pop(0)))
         return maps
 
-    def _probabilities(self, slot: int, spec: SelfAttentionSpec, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        query, key = self._queries.pop(slot), self._keys.pop(slot)  # released layer by layer, not at the end
-        batch, length, _ = query.shape
-        # Scale q (B, H, T, D) rather than the scores (B, H, T, T), and add the padding mask: an addition's backward
-        # is free, a masked_fill's is another pass over (B, H, T, T). Padded keys still get exactly 0 probability.
-        q = (query.float() * spec.scaling).view(batch, length, spec.num_heads, spec.head_dim).transpose(1, 2)
-        k = key.float().view(batch, length, spec.num_heads, spec.head_dim).transpose(1, 2)  # (B, H, T, D)
-        scores = torch.matmul(q, k.transpose(-1, -2))  # (B, H, T, T)
-        if attention_mask is not None:
-            padded_keys = ~attention_mask.to(scores.device).bool()[:, None, None, :]  # (B, 1, 1, T)
-            additive = torch.zeros_like(padded_keys, dtype=scores.dtype).masked_fill(
-                padded_keys, torch.finfo(scores.dtype).min
-            )
-            scores.add_(additive)  # in place: matmul's backward needs q and k, not its output; one map less at peak
+    def _probabilities(self, call: _Call) -> torch.Tensor:
+        query, key = call.query, call.key  # (B, H, T, D), (B, H_kv, S, D)
+        groups = query.shape[1] // key.shape[1]
+        if groups > 1:  # grouped-query attention: head h reads key head h // groups
+            key = key.repeat_interleave(groups, dim=1)
+        # Scale q (B, H, T, D) rather than the scores (B, H, T, S), and change the scores in place: matmul's backward
+        # needs q and k, not its output, so one map less is alive at the peak.
+        scores = torch.matmul(query.float() * call.scaling, key.float().transpose(-1, -2))  # (B, H, T, S)
+        if call.position_bias is not None:  # T5's relative position bias
+            scores = scores + call.position_bias.float()
+        minimum = torch.finfo(scores.dtype).min
+        if call.mask is not None:
+            if call.mask.dtype == torch.bool:  # sdpa masks: True where the query may attend
+                scores.masked_fill_(~call.mask.to(scores.device), minimum)
+            else:  # additive masks (0 or the dtype's minimum)
+                scores.add_(call.mask.float().to(scores.device)).clamp_(min=minimum)
+        elif call.causal and scores.shape[-2] > 1:  # sdpa's is_causal, used when the mask was skipped
+            length, kv_length = scores.shape[-2:]
+            future = torch.ones(length, kv_length, dtype=torch.bool, device=scores.device).triu_(1)
+            scores.masked_fill_(future, minimum)
         if self.scores:
             return scores
         if scores.requires_grad:
@@ -109,65 +227,31 @@ class AttentionRecorder:
         scores.sub_(scores.amax(dim=-1, keepdim=True)).exp_()
         return scores.div_(scores.sum(dim=-1, keepdim=True))
 
-    def remove(self) -> None:
-        """Remove the hooks from the model."""
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
 
+class ProjectionRecorder(_InterfaceRecorder):
+    """Records the queries, keys and values one layer's attention uses, for the self-relation terms (MiniLM, MiniLMv2).
 
-class ProjectionRecorder:
-    """Records the query, key and value projections of one layer for the self-relation terms (MiniLM, MiniLMv2).
+    They are what the attention itself reads: queries and keys after rotary position embeddings, keys and values
+    before grouped-query expansion (so their width is `num_key_value_heads * head_dim`).
 
     Args:
         model (`nn.Module`): a transformers model (unwrapped).
-        layer_index (`int`): the block whose projections are wanted.
+        layer_index (`int`): the block whose states are wanted.
 
     After a forward pass inside `recording()`, `projections()` returns `{"query", "key", "value"}`, each `(B, T, D)`.
     """
 
     NAMES = ("query", "key", "value")
+    keeps_values = True
 
     def __init__(self, model: nn.Module, layer_index: int) -> None:
+        super().__init__(model, [layer_index])
         self.layer_index = layer_index
-        self.spec = self_attention_spec(model, layer_index)
-        if self.spec.value is None:
-            raise ValueError(
-                f"layer {layer_index} of {type(model).__name__} has no value projection the relation term can read. "
-                "Set relation_weight=0."
-            )
-        self._active = False
-        self._store: dict[str, torch.Tensor] = {}
-        modules = (self.spec.query, self.spec.key, self.spec.value)
-        self._handles = [module.register_forward_hook(self._hook(name)) for name, module in zip(self.NAMES, modules)]
-
-    def _hook(self, name: str):
-        def hook(module: nn.Module, args, output: torch.Tensor) -> None:
-            if self._active:
-                self._store[name] = output
-
-        return hook
-
-    @contextmanager
-    def recording(self) -> Iterator[ProjectionRecorder]:
-        self._store.clear()
-        self._active = True
-        try:
-            yield self
-        finally:
-            self._active = False
+        self.causal: bool | None = None  # known after the first recorded call
 
     def projections(self) -> dict[str, torch.Tensor]:
-        """The recorded projections; raises if the layer did not run, so the term is never silently zero."""
-        if len(self._store) != len(self.NAMES):
-            raise RuntimeError(
-                f"no query/key/value projections were captured for layer {self.layer_index}: the forward pass did "
-                "not run it."
-            )
-        store, self._store = self._store, {}
-        return store
-
-    def remove(self) -> None:
-        for handle in self._handles:
-            handle.remove()
-        self._handles.clear()
+        """The recorded states, each `(B, T, heads * D)`; raises if the layer did not run."""
+        (call,) = self._take_calls()
+        self.causal = call.causal
+        states = {"query": call.query, "key": call.key, "value": call.value}  # (B, heads, T, D)
+        return {name: s.transpose(1, 2).flatten(2) for name, s in states.items()}  # (B, T, heads * D)

@@ -209,7 +209,9 @@ def attention_score_mse_loss(
     return _reduce(per_example, reduction)
 
 
-def _relation_log_probs(states: torch.Tensor, num_heads: int, attention_mask: torch.Tensor | None) -> torch.Tensor:
+def _relation_log_probs(
+    states: torch.Tensor, num_heads: int, attention_mask: torch.Tensor | None, causal: bool = False
+) -> torch.Tensor:
     """log softmax(X_r X_r^T / sqrt(d_r)) for `num_heads` relation heads of `states` (B, T, D): (B, R, T, T)."""
     batch, length, width = states.shape
     if width % num_heads:
@@ -223,6 +225,9 @@ def _relation_log_probs(states: torch.Tensor, num_heads: int, attention_mask: to
     if attention_mask is not None:
         padded_keys = ~attention_mask.to(scores.device).bool()[:, None, None, :]
         scores = scores.masked_fill(padded_keys, torch.finfo(scores.dtype).min)
+    if causal:  # a decoder's token relates only to itself and the tokens before it, as its attention does
+        future = torch.ones(length, length, dtype=torch.bool, device=scores.device).triu(1)  # (T, T)
+        scores = scores.masked_fill(future, torch.finfo(scores.dtype).min)
     return scores.log_softmax(dim=-1)
 
 
@@ -232,6 +237,7 @@ def relation_kl_loss(
     num_relation_heads: int,
     attention_mask: torch.Tensor | None = None,
     reduction: str = "mean",
+    causal: bool = False,
 ) -> torch.Tensor:
     """Self-relation transfer: `KL(R_t || R_s)` with `R = softmax(X_r X_r^T / sqrt(d_r))` over relation heads.
 
@@ -246,15 +252,19 @@ def relation_kl_loss(
         num_relation_heads (`int`): relation heads `R`; must divide `D_s` and `D_t`.
         attention_mask (`torch.Tensor` of shape `(B, T)`, *optional*): 1 for real tokens, 0 for padding.
         reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"` over examples.
+        causal (`bool`, *optional*, defaults to `False`): for decoders, relate token `i` to tokens `j <= i` only,
+            the tokens its attention sees.
     """
     if student_states.shape[:2] != teacher_states.shape[:2]:
         raise ValueError(
             f"student states {tuple(student_states.shape)} and teacher states {tuple(teacher_states.shape)} differ "
             "in batch or sequence length: both models must see the same tokenised batch."
         )
-    student_log = _relation_log_probs(student_states, num_relation_heads, attention_mask)  # (B, R, T, T)
-    teacher_log = _relation_log_probs(teacher_states, num_relation_heads, attention_mask)
+    student_log = _relation_log_probs(student_states, num_relation_heads, attention_mask, causal)  # (B, R, T, T)
+    teacher_log = _relation_log_probs(teacher_states, num_relation_heads, attention_mask, causal)
     valid = _valid_entries(attention_mask, student_log)[:, None]  # (B, 1, T, T)
+    if causal:
+        valid = valid & ~torch.ones(valid.shape[-2:], dtype=torch.bool, device=valid.device).triu(1)
     pointwise = teacher_log.exp() * (teacher_log - student_log)
     row_kl = torch.where(valid, pointwise, torch.zeros_like(pointwise)).sum(dim=-1)  # (B, R, T)
     valid_rows = valid.any(dim=-1).expand_as(row_kl)

@@ -9,7 +9,14 @@ from dataclasses import dataclass
 
 from torch import nn
 
-__all__ = ["check_teacher_layers", "count_parameters", "default_layer_map", "find_layers", "num_layers"]
+__all__ = [
+    "attention_geometry",
+    "check_teacher_layers",
+    "count_parameters",
+    "default_layer_map",
+    "find_layers",
+    "num_layers",
+]
 
 # Where the list of transformer blocks lives, relative to `model.base_model`.
 _LAYER_PATHS = (
@@ -17,13 +24,10 @@ _LAYER_PATHS = (
     "transformer.layer",  # DistilBERT
     "layers",  # Llama, Qwen2, Mistral, Gemma (decoder-only)
     "h",  # GPT-2, GPT-Neo
+    "encoder.block",  # T5
     "encoder.layers",
     "decoder.layers",
 )
-# (query, key, value) projection names inside a self-attention block.
-_PROJECTION_NAMES = (("query", "key", "value"), ("q_lin", "k_lin", "v_lin"), ("q_proj", "k_proj", "v_proj"))
-# Config signals that the attention scores also depend on something the projections do not show.
-_UNSUPPORTED_POSITIONS = ("relative_key", "relative_key_query", "rotary")
 
 
 def _get_path(module: nn.Module, path: str) -> nn.Module | None:
@@ -46,6 +50,14 @@ def find_layers(model: nn.Module) -> nn.ModuleList:
             layers = _get_path(root, path)
             if isinstance(layers, nn.ModuleList) and len(layers) > 0:
                 return layers
+    config = getattr(model, "config", None)
+    if getattr(config, "num_hidden_groups", None) is not None:  # ALBERT
+        raise ValueError(
+            f"{type(model).__name__} shares its layer weights across depth ({config.num_hidden_layers} passes through "
+            f"{config.num_hidden_groups} shared layer group(s)), so it has no list of distinct layers for the "
+            "layer-wise terms (attention, relations, hidden_loss='mse') or build_student to use. Distil it with the "
+            "logit terms, and hidden_loss='cosine' (the last hidden state) if you want a hidden-state term."
+        )
     raise ValueError(
         f"cannot find the transformer layers of {type(model).__name__}: looked for "
         f"{', '.join(_LAYER_PATHS)} under `base_model`. Supported: BERT-family encoders (BERT, RoBERTa, ELECTRA, "
@@ -56,6 +68,16 @@ def find_layers(model: nn.Module) -> nn.ModuleList:
 def num_layers(model: nn.Module) -> int:
     """Number of transformer blocks in `model`."""
     return len(find_layers(model))
+
+
+def count_layers(model: nn.Module) -> int | None:
+    """Depth of `model` for records and model cards: its layer list's length, else its config's layer count (ALBERT
+    shares one layer across `num_hidden_layers`), else None."""
+    try:
+        return num_layers(model)
+    except ValueError:
+        count = getattr(getattr(model, "config", None), "num_hidden_layers", None)
+        return count if isinstance(count, int) else None
 
 
 def count_parameters(model: nn.Module) -> int:
@@ -83,71 +105,33 @@ def default_layer_map(num_student_layers: int, num_teacher_layers: int) -> list[
 
 
 @dataclass
-class SelfAttentionSpec:
-    """The projections and geometry needed to recompute one block's attention probabilities."""
+class AttentionGeometry:
+    """The head layout of a model's self-attention, from its config."""
 
-    query: nn.Linear
-    key: nn.Linear
     num_heads: int
+    num_key_value_heads: int  # fewer than num_heads with grouped-query attention
     head_dim: int
-    scaling: float
-    value: nn.Linear | None = None
+
+    @property
+    def widths(self) -> dict[str, int]:
+        """Width of the query, key and value states the attention reads (`heads * head_dim`)."""
+        kv_width = self.num_key_value_heads * self.head_dim
+        return {"query": self.num_heads * self.head_dim, "key": kv_width, "value": kv_width}
 
 
-def _heads_of(attention: nn.Module, query: nn.Linear, config) -> tuple[int, int]:
-    heads = next(
-        (getattr(attention, n) for n in ("num_attention_heads", "n_heads", "num_heads") if hasattr(attention, n)),
-        None,
-    )
-    if heads is None:
-        heads = getattr(config, "num_attention_heads", None) or getattr(config, "n_heads", None)
-    head_dim = next(
-        (getattr(attention, n) for n in ("attention_head_size", "head_dim", "dim_per_head") if hasattr(attention, n)),
-        None,
-    )
-    if head_dim is None and heads:
-        head_dim = query.out_features // heads
-    if not heads or not head_dim:
-        raise ValueError(f"cannot tell the number of attention heads of {type(attention).__name__}.")
-    return int(heads), int(head_dim)
-
-
-def self_attention_spec(model: nn.Module, layer_index: int) -> SelfAttentionSpec:
-    """Find the self-attention projections of block `layer_index` of `model`.
+def attention_geometry(model: nn.Module) -> AttentionGeometry:
+    """Heads, key/value heads and head width of `model`'s self-attention, read from its config.
 
     Raises:
-        `ValueError` when the block has no recognisable query/key projections, or when the model's attention
-        scores depend on positions the projections do not carry (relative or rotary position embeddings).
+        `ValueError` when the config does not say how many attention heads the model has.
     """
     config = getattr(model, "config", None)
-    position_type = getattr(config, "position_embedding_type", "absolute")
-    rotary = getattr(config, "rope_parameters", None) or getattr(config, "rope_theta", None)
-    if position_type in _UNSUPPORTED_POSITIONS or rotary:
-        raise ValueError(
-            f"{type(model).__name__} uses {position_type if position_type != 'absolute' else 'rotary'} position "
-            "embeddings, so its attention maps cannot be recomputed from the query/key projections. Set gamma=0 "
-            "to distil it without the attention term."
-        )
-    layer = find_layers(model)[layer_index]
-    for module in layer.modules():  # self-attention comes before any cross-attention in module order
-        for q_name, k_name, v_name in _PROJECTION_NAMES:
-            query, key = getattr(module, q_name, None), getattr(module, k_name, None)
-            if isinstance(query, nn.Linear) and isinstance(key, nn.Linear):
-                heads, head_dim = _heads_of(module, query, config)
-                scaling = float(getattr(module, "scaling", head_dim**-0.5))
-                if key.out_features != heads * head_dim:
-                    raise ValueError(
-                        f"{type(module).__name__} shares keys across heads (grouped-query attention); attention "
-                        "maps of such models are not supported yet. Set gamma=0."
-                    )
-                value = getattr(module, v_name, None)
-                value = value if isinstance(value, nn.Linear) else None
-                return SelfAttentionSpec(query, key, heads, head_dim, scaling, value)
-    raise ValueError(
-        f"layer {layer_index} of {type(model).__name__} has no query/key projections named "
-        f"{', '.join(f'{q}/{k}' for q, k, _ in _PROJECTION_NAMES)}: the attention term cannot be computed. "
-        "Set gamma=0 to distil without it."
-    )
+    heads = getattr(config, "num_attention_heads", None)
+    if not isinstance(heads, int) or heads < 1:
+        raise ValueError(f"cannot tell the number of attention heads of {type(model).__name__} from its config.")
+    kv_heads = getattr(config, "num_key_value_heads", None) or heads
+    head_dim = getattr(config, "head_dim", None) or config.hidden_size // heads
+    return AttentionGeometry(heads, int(kv_heads), int(head_dim))
 
 
 def check_teacher_layers(option: str, layers: list[int], student_layers: int, teacher_layers: int) -> None:

@@ -25,7 +25,7 @@ from .attention import AttentionRecorder, ProjectionRecorder
 from .card import CARD_NAME, teacher_lineage, trainer_model_card, write_model_card
 from .guards import NonFiniteLossGuard
 from .lm_head import ProjectionCapture, fused_projection_problem
-from .modeling import check_teacher_layers, count_parameters, default_layer_map, num_layers
+from .modeling import check_teacher_layers, count_layers, count_parameters, default_layer_map, num_layers
 from .projection import HiddenProjection, ZeroGradAfterStep, add_to_optimizer, average_gradients
 from .student import build_student
 
@@ -208,9 +208,9 @@ class DistillationTrainer(Trainer):
         capturing = self._teacher_capture.capturing() if fused else contextlib.nullcontext()
         with recording, projecting, capturing, self.accelerator.autocast():
             outputs = self._teacher_runner(**teacher_inputs)
-        maps = self._teacher_recorder.attention_maps(inputs.get("attention_mask")) if self._teacher_recorder else None
+        maps = self._teacher_recorder.attention_maps() if self._teacher_recorder else None
         logits = (self._teacher_capture.logits(),) if fused else tasks.task_logits(self.task, outputs)
-        return logits, maps, outputs.hidden_states if self.args.hidden_weight > 0 else None
+        return logits, maps, _layer_states(outputs) if self.args.hidden_weight > 0 else None
 
     # ---- teacher-output cache (opt-in, gamma = 0): see hf_distill/teacher_cache.py --------------------------
 
@@ -360,7 +360,8 @@ class DistillationTrainer(Trainer):
         capturing = self._student_capture.capturing() if fused else contextlib.nullcontext()
         with recording, projecting, capturing:
             outputs = model(**student_inputs)
-        student_maps = self._student_recorder.attention_maps(attention_mask) if self._student_recorder else None
+        student_maps = self._student_recorder.attention_maps() if self._student_recorder else None
+        layer_mask = _frame_mask(self.accelerator.unwrap_model(model), attention_mask)  # what the layers see
         needs_internals = args.gamma > 0 or args.hidden_weight > 0 or args.relation_weight > 0  # maps, states
         if cached_logits is not None and not needs_internals:
             teacher_logits, teacher_maps, teacher_hidden = (cached_logits,), None, None  # (B, C) or a TopKTeacher
@@ -381,12 +382,12 @@ class DistillationTrainer(Trainer):
         if student_maps is not None:
             attention_fn = _ATTENTION_LOSS_FUNCTIONS[args.attention_loss]
             pairs = zip(student_maps, teacher_maps)
-            per_layer = [attention_fn(s, t, attention_mask, reduction="none") for s, t in pairs]
+            per_layer = [attention_fn(s, t, layer_mask, reduction="none") for s, t in pairs]
             terms["loss_attn"] = (torch.stack(per_layer).mean(dim=0), ones)  # averaged over mapped layers
         if teacher_hidden is not None:
-            terms["loss_hidden"] = (self._hidden_loss(outputs.hidden_states, teacher_hidden, attention_mask), ones)
+            terms["loss_hidden"] = (self._hidden_loss(_layer_states(outputs), teacher_hidden, layer_mask), ones)
         if self._student_projections is not None:
-            terms["loss_relation"] = (self._relation_loss(attention_mask), ones)
+            terms["loss_relation"] = (self._relation_loss(layer_mask), ones)
         example_sum = sum((weights[n] * v.sum() for n, (v, _) in terms.items() if n not in _OUTPUT_TERMS),
                           torch.zeros((), device=ones.device))  # fmt: skip
         if mode == "train" and args.alpha == 0 and args.beta == 0:
@@ -410,7 +411,7 @@ class DistillationTrainer(Trainer):
                 if args.average_tokens_across_devices and args.world_size > 1:
                     loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
         if return_outputs and args.hidden_weight > 0:  # keep the hidden states out of the gathered predictions
-            outputs = type(outputs)(**{k: v for k, v in outputs.items() if k != "hidden_states"})
+            outputs = type(outputs)(**{k: v for k, v in outputs.items() if not k.endswith("hidden_states")})
         return (loss, outputs) if return_outputs else loss
 
     def _hidden_loss(self, student_states: tuple, teacher_states: tuple, attention_mask: torch.Tensor | None):
@@ -436,8 +437,16 @@ class DistillationTrainer(Trainer):
         """
         student, teacher = self._student_projections.projections(), self._teacher_projections.projections()
         names = ("value",) if self.args.relation_loss == "value" else ProjectionRecorder.NAMES
+        causal = self._teacher_projections.causal
+        if self._student_projections.causal != causal:
+            kinds = {True: "causal (a decoder)", False: "bidirectional"}
+            raise ValueError(
+                f"relation_weight={self.args.relation_weight}: the student's attention is "
+                f"{kinds[self._student_projections.causal]} but the teacher's is {kinds[causal]}, so their token "
+                "relations cover different tokens. Distil a decoder into a decoder, or set relation_weight=0."
+            )
         per_kind = [
-            losses.relation_kl_loss(student[n], teacher[n], self._relation_heads, attention_mask, reduction="none")
+            losses.relation_kl_loss(student[n], teacher[n], self._relation_heads, attention_mask, "none", causal)
             for n in names
         ]
         return torch.stack(per_kind).mean(dim=0)  # (B,)
@@ -532,8 +541,8 @@ class DistillationTrainer(Trainer):
             task=self.task.name,
             teacher_num_parameters=self._teacher_num_parameters,
             student_num_parameters=student_params,
-            teacher_num_layers=num_layers(self.teacher_model),
-            student_num_layers=num_layers(student),
+            teacher_num_layers=count_layers(self.teacher_model),
+            student_num_layers=count_layers(student),
             compression_ratio=round(self._teacher_num_parameters / student_params, 4),
             student_layers_from_teacher=getattr(student.config, "distillation_teacher_layers", None),
             **args.distillation_settings() | {"layer_map": self.layer_map},
@@ -627,6 +636,22 @@ def _student_and_teacher(
     return model, teacher, name
 
 
+def _layer_states(outputs) -> tuple[torch.Tensor, ...]:
+    """The hidden states of the layers `find_layers` maps: the encoder's for encoder-decoders (BART, T5)."""
+    states = outputs.get("hidden_states")
+    return states if states is not None else outputs["encoder_hidden_states"]
+
+
+def _frame_mask(model: nn.Module, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    """The mask over the positions the layers see: for speech encoders (wav2vec2) the frames, computed by the model
+    from the raw-sample mask; for text models the attention mask itself."""
+    to_frames = getattr(model, "_get_feature_vector_attention_mask", None)
+    if attention_mask is None or to_frames is None:
+        return attention_mask
+    frames = model._get_feat_extract_output_lengths(torch.tensor(attention_mask.shape[-1]))
+    return to_frames(int(frames), attention_mask)
+
+
 def _name_of(model: nn.Module) -> str | None:
     config = getattr(model, "config", None)
     return getattr(config, "_name_or_path", None) or None
@@ -654,8 +679,9 @@ def _check_tasks(student: nn.Module, teacher: nn.Module) -> tasks.Task:
     return task
 
 
-def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArguments) -> list[int]:
-    """Validate teacher against student before any work is done; return the resolved layer map."""
+def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArguments) -> list[int] | None:
+    """Validate teacher against student before any work is done; return the resolved layer map (None when no term
+    compares layers: logit distillation needs no layer list, so it works on any model with a supported head)."""
     s_config, t_config = getattr(student, "config", None), getattr(teacher, "config", None)
     s_labels, t_labels = getattr(s_config, "num_labels", None), getattr(t_config, "num_labels", None)
     if s_labels is not None and t_labels is not None and s_labels != t_labels:
@@ -677,7 +703,13 @@ def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArgume
             "W_h) for unequal widths, or a student of the teacher's width (build_student keeps it), or set "
             f"hidden_weight=0 (now {args.hidden_weight})."
         )
-    student_layers, teacher_layers = num_layers(student), num_layers(teacher)
+    uses_layers = args.gamma > 0 or args.relation_weight > 0 or (args.hidden_weight > 0 and args.hidden_loss == "mse")
+    try:
+        student_layers, teacher_layers = num_layers(student), num_layers(teacher)
+    except ValueError:
+        if uses_layers or args.layer_map is not None:
+            raise
+        return None
     layer_map = args.layer_map if args.layer_map is not None else default_layer_map(student_layers, teacher_layers)
     check_teacher_layers("layer_map", layer_map, student_layers, teacher_layers)
     return list(layer_map)
@@ -711,22 +743,23 @@ def _check_heads(args: DistillationArguments, student: AttentionRecorder, teache
 
 def _relation_heads(args: DistillationArguments, student: ProjectionRecorder, teacher: ProjectionRecorder) -> int:
     """The relation heads of the self-relation term, checked against both models before any work is done."""
-    if args.relation_loss == "value":  # MiniLM compares each attention head's value relation one to one
-        if student.spec.num_heads != teacher.spec.num_heads:
+    s_geometry, t_geometry = student.geometry, teacher.geometry
+    if args.relation_loss == "value":  # MiniLM compares each value head's relation one to one
+        if s_geometry.num_key_value_heads != t_geometry.num_key_value_heads:
             raise ValueError(
                 f"relation_loss='value' compares attention heads one to one, but the student's last layer has "
-                f"{student.spec.num_heads} heads and teacher layer {teacher.layer_index} has "
-                f"{teacher.spec.num_heads}. Use relation_loss='qkv', which works with any head counts."
+                f"{s_geometry.num_key_value_heads} value heads and teacher layer {teacher.layer_index} has "
+                f"{t_geometry.num_key_value_heads}. Use relation_loss='qkv', which works with any head counts."
             )
-        return teacher.spec.num_heads
-    heads = args.relation_heads or teacher.spec.num_heads
-    for who, spec in (("student", student.spec), ("teacher", teacher.spec)):
-        widths = {projection.out_features for projection in (spec.query, spec.key, spec.value)}
+        return t_geometry.num_key_value_heads
+    heads = args.relation_heads or t_geometry.num_heads
+    for who, geometry in (("student", s_geometry), ("teacher", t_geometry)):
+        widths = set(geometry.widths.values())
         if any(width % heads for width in widths):
             raise ValueError(
                 f"relation_heads={heads} must divide the {who}'s query/key/value widths {sorted(widths)}. Choose "
                 f"relation_heads that divides both models' widths, e.g. "
-                f"{math.gcd(student.spec.value.out_features, teacher.spec.value.out_features)}."
+                f"{math.gcd(*s_geometry.widths.values(), *t_geometry.widths.values())}."
             )
     return heads
 

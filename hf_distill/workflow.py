@@ -22,7 +22,7 @@ from .augment import augment_dataset, embedding_neighbours
 from .cli import ModelArguments, RunArguments, check_output_dir, check_resumable, remove_checkpoints
 from .data import DataArguments
 from .evaluation import evaluate_model
-from .modeling import count_parameters, num_layers
+from .modeling import count_layers, count_parameters
 from .plots import PLOT_NAME, plot_training_curves
 from .report import REPORT_JSON, REPORT_MD, compare, speedup, write_report
 from .task_data import TaskData, prepare_task_data, resolve_task
@@ -357,13 +357,13 @@ def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval
             "name_or_path": record.teacher_model,
             "architecture": record.teacher_architecture,
             "num_parameters": teacher_params,
-            "num_layers": num_layers(run.teacher),
+            "num_layers": count_layers(run.teacher),
         },
         "student": {
             "source": run.description["student_source"],
             "architecture": record.student_architecture,
             "num_parameters": student_params,
-            "num_layers": num_layers(run.trainer.model),
+            "num_layers": count_layers(run.trainer.model),
             "layers_from_teacher": record.student_layers_from_teacher,
         },
         "data": {k: v for k, v in run.description.items() if k != "student_source"},

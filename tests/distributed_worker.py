@@ -185,7 +185,7 @@ def fsdp2_teacher_report() -> dict:
     for model, recorder in zip((sharded, reference), recorders):
         with torch.no_grad(), recorder.recording():
             logits = model(**inputs).logits
-        results.append((logits, recorder.attention_maps(batch["attention_mask"])))
+        results.append((logits, recorder.attention_maps()))
     (logits, maps), (ref_logits, ref_maps) = results
     return {
         "block_class": type(sharded.bert.encoder.layer[0]).__name__,

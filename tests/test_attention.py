@@ -5,12 +5,14 @@ import torch
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
+    DebertaV2Config,
+    DebertaV2ForSequenceClassification,
     DistilBertConfig,
     DistilBertForSequenceClassification,
     ElectraConfig,
     ElectraForSequenceClassification,
-    LlamaConfig,
-    LlamaForSequenceClassification,
+    MPNetConfig,
+    MPNetForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
 )
@@ -71,7 +73,7 @@ def test_recorded_maps_equal_eager_maps_under_sdpa(family):
     recorder = AttentionRecorder(model, [0, 2])
     with recorder.recording(), torch.no_grad():
         model(input_ids=input_ids, attention_mask=attention_mask)
-    recorded = recorder.attention_maps(attention_mask)
+    recorded = recorder.attention_maps()
 
     model.set_attn_implementation("eager")
     with torch.no_grad():
@@ -95,7 +97,7 @@ def test_maps_are_pre_dropout_in_training_mode():
         getattr(model, mode)()
         with recorder.recording(), torch.no_grad():
             model(input_ids=input_ids, attention_mask=attention_mask)
-        maps[mode] = recorder.attention_maps(attention_mask)
+        maps[mode] = recorder.attention_maps()
     # Layer 0 sees the same inputs in both modes (attention dropout only acts after it), so its map is identical.
     torch.testing.assert_close(maps["train"][0], maps["eval"][0])
     for train_map in maps["train"]:  # dropout would zero entries and rescale rows to sum != 1
@@ -111,10 +113,10 @@ def test_padding_does_not_change_the_valid_block():
     recorder = AttentionRecorder(model, [1])
     with recorder.recording(), torch.no_grad():
         model(input_ids=short_ids, attention_mask=short_mask)
-    (short,) = recorder.attention_maps(short_mask)
+    (short,) = recorder.attention_maps()
     with recorder.recording(), torch.no_grad():
         model(input_ids=long_ids, attention_mask=long_mask)
-    (long,) = recorder.attention_maps(long_mask)
+    (long,) = recorder.attention_maps()
     torch.testing.assert_close(long[:, :, :3, :3], short, atol=1e-6, rtol=1e-5)
     assert torch.all(long[:, :, :, 3:] == 0)
 
@@ -124,27 +126,44 @@ def test_missing_forward_raises_instead_of_returning_nothing():
     recorder = AttentionRecorder(model, [0])
     with recorder.recording():
         pass
-    with pytest.raises(RuntimeError, match="no attention projections were captured"):
-        recorder.attention_maps(None)
+    with pytest.raises(RuntimeError, match=r"no attention was recorded for layers \[0\]"):
+        recorder.attention_maps()
 
 
-def test_rotary_models_are_refused_with_a_clear_message():
-    config = LlamaConfig(
-        vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
-        num_key_value_heads=4, num_labels=2, pad_token_id=0,
-    )  # fmt: skip
-    with pytest.raises(ValueError, match="gamma=0"):
-        AttentionRecorder(LlamaForSequenceClassification(config), [0])
+@pytest.mark.parametrize(
+    "build",
+    [
+        lambda: DebertaV2ForSequenceClassification(
+            DebertaV2Config(
+                hidden_size=32,
+                num_hidden_layers=2,
+                num_attention_heads=4,
+                intermediate_size=64,
+                relative_attention=True,
+                pos_att_type=["c2p", "p2c"],
+                **COMMON,
+            )  # fmt: skip
+        ),
+        lambda: MPNetForSequenceClassification(
+            MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **COMMON)
+        ),
+    ],
+    ids=["deberta-v2", "mpnet"],
+)
+def test_relative_position_models_outside_the_interface_are_refused_with_the_true_reason(build):
+    with pytest.raises(ValueError, match="computes relative position attention in its own code.*gamma=0"):
+        AttentionRecorder(build(), [0])
 
 
-def test_hooks_record_nothing_outside_recording():
+def test_nothing_is_recorded_outside_recording_and_the_kernel_is_restored():
     model = _bert().eval()
     recorder = AttentionRecorder(model, [0])
     input_ids, attention_mask = _batch()
     with torch.no_grad():
         model(input_ids=input_ids, attention_mask=attention_mask)
-    assert not recorder._queries and not recorder._keys
-    recorder.remove()
+    assert not recorder._calls
     with recorder.recording(), torch.no_grad():
+        assert model.config._attn_implementation == "hf_distill_recording"
         model(input_ids=input_ids, attention_mask=attention_mask)
-    assert not recorder._queries
+    assert model.config._attn_implementation == "sdpa"
+    assert len(recorder.attention_maps()) == 1

@@ -75,9 +75,9 @@ def test_nonfinite_attention_term_is_named(tmp_path):
     recorder, calls = trainer._teacher_recorder, {"n": 0}
     real = recorder.attention_maps
 
-    def broken(attention_mask):
+    def broken():
         calls["n"] += 1
-        maps = real(attention_mask)
+        maps = real()
         return [torch.full_like(m, math.inf) for m in maps] if calls["n"] == 2 else maps
 
     recorder.attention_maps = broken

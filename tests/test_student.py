@@ -6,6 +6,10 @@ import pytest
 import torch
 from conftest import VOCAB_SIZE, tiny_bert
 from transformers import (
+    AlbertConfig,
+    AlbertForSequenceClassification,
+    BartConfig,
+    BartForSequenceClassification,
     BertConfig,
     BertForMaskedLM,
     BertForQuestionAnswering,
@@ -19,11 +23,15 @@ from transformers import (
     GPT2LMHeadModel,
     LlamaConfig,
     LlamaForCausalLM,
+    ModernBertConfig,
+    ModernBertForSequenceClassification,
     Qwen2Config,
     Qwen2ForCausalLM,
     Qwen2ForSequenceClassification,
     RobertaConfig,
     RobertaForSequenceClassification,
+    T5Config,
+    T5ForSequenceClassification,
 )
 
 from hf_distill import build_student
@@ -172,3 +180,115 @@ def test_unknown_architecture_fails_clearly():
 
     with pytest.raises(ValueError, match="cannot find the transformer layers of NotATransformer"):
         build_student(NotATransformer(), 1)
+
+
+# ---- architectures whose first layer differs, encoder-decoders, shared layers -----------------------------------
+
+
+def _modernbert(num_layers=3):
+    config = ModernBertConfig(
+        vocab_size=VOCAB_SIZE, hidden_size=32, intermediate_size=64, num_attention_heads=4,
+        num_hidden_layers=num_layers, local_attention=4, global_attn_every_n_layers=3, pad_token_id=0,
+        bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2, num_labels=2,
+    )  # fmt: skip
+    return _seeded(ModernBertForSequenceClassification, config)
+
+
+def test_modernbert_first_slot_keeps_its_structure_without_attention_norm():
+    teacher = _modernbert()
+    student = build_student(teacher, 2, layers=[1, 2])
+    assert isinstance(student.model.layers[0].attn_norm, torch.nn.Identity)  # as ModernBERT's first layer must be
+    assert student.config.layer_types == teacher.config.layer_types[1:]
+    for name, value in student.model.layers[0].state_dict().items():  # everything else is teacher layer 1
+        assert torch.equal(value, teacher.model.layers[1].state_dict()[name]), name
+    assert not any(k.startswith("model.layers.0.attn_norm") for k in student.state_dict())
+    with torch.no_grad():
+        assert torch.isfinite(student(**_inputs()).logits).all()
+    full = build_student(teacher, 3)
+    with torch.no_grad():
+        assert torch.equal(full(**_inputs()).logits, teacher(**_inputs()).logits)
+
+
+ENCODER_DECODERS = {
+    "bart": lambda: _seeded(
+        BartForSequenceClassification,
+        BartConfig(
+            vocab_size=VOCAB_SIZE,
+            d_model=32,
+            encoder_layers=4,
+            decoder_layers=3,
+            encoder_attention_heads=4,
+            decoder_attention_heads=4,
+            encoder_ffn_dim=64,
+            decoder_ffn_dim=64,
+            max_position_embeddings=64,
+            pad_token_id=0,
+            bos_token_id=1,
+            eos_token_id=2,
+            num_labels=2,
+        ),  # fmt: skip
+    ),
+    "t5": lambda: _seeded(
+        T5ForSequenceClassification,
+        T5Config(
+            vocab_size=VOCAB_SIZE,
+            d_model=32,
+            d_kv=8,
+            d_ff=64,
+            num_layers=4,
+            num_decoder_layers=3,
+            num_heads=4,
+            relative_attention_num_buckets=8,
+            decoder_start_token_id=0,
+            pad_token_id=0,
+            eos_token_id=2,
+            num_labels=2,
+        ),  # fmt: skip
+    ),
+}
+
+
+def _seq2seq_inputs():
+    torch.manual_seed(1)
+    input_ids = torch.randint(3, VOCAB_SIZE, (3, 9))
+    input_ids[:, -1] = 2  # one eos per row, where BART and T5 classify
+    input_ids[1, 5], input_ids[1, 6:] = 2, 0
+    attention_mask = (input_ids != 0).long()
+    return {"input_ids": input_ids, "attention_mask": attention_mask}
+
+
+@pytest.mark.parametrize("arch", list(ENCODER_DECODERS))
+def test_encoder_decoder_students_choose_encoder_and_decoder_layers(arch):
+    teacher = ENCODER_DECODERS[arch]()
+    full = build_student(teacher, 4, num_decoder_layers=3)
+    inputs = _seq2seq_inputs()
+    with torch.no_grad():
+        assert torch.equal(full(**inputs).logits, teacher(**inputs).logits)
+
+    student = build_student(teacher, 2, layers=[1, 3], decoder_layers=[0, 2])
+    encoder, decoder = (student.base_model.encoder, student.base_model.decoder)
+    stacks = [getattr(encoder, "layers", None) or encoder.block, getattr(decoder, "layers", None) or decoder.block]
+    assert [len(s) for s in stacks] == [2, 2]
+    assert student.config.distillation_teacher_layers == [1, 3]
+    assert student.config.distillation_teacher_decoder_layers == [0, 2]
+    t_encoder = getattr(teacher.base_model.encoder, "layers", None) or teacher.base_model.encoder.block
+    for name, value in stacks[0][1].state_dict().items():
+        assert torch.equal(value, t_encoder[3].state_dict()[name]), name
+    if arch == "t5":  # block 0 holds the relative position bias every block uses: copied from teacher block 0
+        bias = "layer.0.SelfAttention.relative_attention_bias.weight"
+        assert torch.equal(stacks[0][0].state_dict()[bias], t_encoder[0].state_dict()[bias])
+    with torch.no_grad():
+        assert torch.isfinite(student(**inputs).logits).all()
+    assert build_student(teacher, 2).config.distillation_teacher_decoder_layers == [0, 2]  # num_layers by default
+
+
+def test_decoder_layers_are_refused_for_models_without_a_decoder():
+    with pytest.raises(ValueError, match="has no decoder stack"):
+        build_student(tiny_bert(num_layers=4), 2, num_decoder_layers=1)
+
+
+def test_albert_is_refused_because_its_layers_are_shared():
+    config = AlbertConfig(vocab_size=VOCAB_SIZE, embedding_size=16, hidden_size=32, num_attention_heads=4,
+                          intermediate_size=64, num_hidden_layers=4)  # fmt: skip
+    with pytest.raises(ValueError, match="shares its layer weights across depth"):
+        build_student(AlbertForSequenceClassification(config), 2)
