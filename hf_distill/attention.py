@@ -63,7 +63,8 @@ class _Call:
 def check_attention_interface(model: nn.Module) -> None:
     """Raise unless `model`'s layers run their attention through transformers' attention interface."""
     layer = find_layers(model)[0]
-    if hasattr(sys.modules[type(layer).__module__], "ALL_ATTENTION_FUNCTIONS"):
+    # The class's own module, or a base's: FSDP2 swaps each sharded module's class for a subclass of its own.
+    if any(hasattr(sys.modules.get(cls.__module__), "ALL_ATTENTION_FUNCTIONS") for cls in type(layer).__mro__):
         return
     config = getattr(model, "config", None)
     relative = (
