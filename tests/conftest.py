@@ -27,6 +27,21 @@ def tiny_bert(num_layers: int = 4, hidden: int = 32, heads: int = 4, seed: int =
     return BertForSequenceClassification(config)
 
 
+def recorded_and_eager_maps(model, layers: list[int], **inputs) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:
+    """The maps `AttentionRecorder` records for `layers` under the model's own kernel, then every layer's eager
+    `output_attentions` (an encoder-decoder's encoder attentions): the reference they must equal."""
+    from hf_distill.attention import AttentionRecorder
+
+    recorder = AttentionRecorder(model, layers)
+    with recorder.recording(), torch.no_grad():
+        model(**inputs)
+    recorded = recorder.attention_maps()
+    model.set_attn_implementation("eager")
+    with torch.no_grad():
+        outputs = model(**inputs, output_attentions=True)
+    return recorded, outputs.encoder_attentions if "encoder_attentions" in outputs else outputs.attentions
+
+
 def random_rows(n: int, seed: int = 0, min_len: int = 3, max_len: int = 12) -> dict[str, list]:
     rng = random.Random(seed)
     ids, labels = [], []

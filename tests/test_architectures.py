@@ -2,12 +2,12 @@
 
 import pytest
 import torch
+from conftest import recorded_and_eager_maps
 from test_support_matrix import _batch, _model
 from test_trainer import make_args
 from transformers import Wav2Vec2Config, Wav2Vec2ForSequenceClassification
 
 from hf_distill import DistillationTrainer
-from hf_distill.attention import AttentionRecorder
 from hf_distill.recipes import RECIPES
 
 
@@ -46,13 +46,7 @@ def test_wav2vec2_maps_use_the_frame_mask_the_model_computes(tmp_path):
     model = Wav2Vec2ForSequenceClassification(config).eval()
     batch = _batch("audio")
     inputs = {"input_values": batch["input_values"], "attention_mask": batch["attention_mask"]}
-    recorder = AttentionRecorder(model, [0, 1])
-    with recorder.recording(), torch.no_grad():
-        model(**inputs)
-    recorded = recorder.attention_maps()
-    model.set_attn_implementation("eager")
-    with torch.no_grad():
-        eager = model(**inputs, output_attentions=True).attentions
+    recorded, eager = recorded_and_eager_maps(model, [0, 1], **inputs)
     frames = model._get_feature_vector_attention_mask(recorded[0].shape[-1], inputs["attention_mask"])
     assert frames.shape == (2, 39) and frames[1].sum() < 39  # the padded row has fewer frames
     for got, want in zip(recorded, eager):

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import recorded_and_eager_maps
 from transformers import (
     BertConfig,
     BertForSequenceClassification,
@@ -70,14 +71,7 @@ def test_recorded_maps_equal_eager_maps_under_sdpa(family):
     model = BUILDERS[family]().eval()
     assert model.config._attn_implementation == "sdpa"  # the transformers 5.x default
     input_ids, attention_mask = _batch()
-    recorder = AttentionRecorder(model, [0, 2])
-    with recorder.recording(), torch.no_grad():
-        model(input_ids=input_ids, attention_mask=attention_mask)
-    recorded = recorder.attention_maps()
-
-    model.set_attn_implementation("eager")
-    with torch.no_grad():
-        eager = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True).attentions
+    recorded, eager = recorded_and_eager_maps(model, [0, 2], input_ids=input_ids, attention_mask=attention_mask)
     for got, want in zip(recorded, (eager[0], eager[2])):
         assert got.shape == want.shape
         torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-4)

@@ -2,6 +2,7 @@
 
 import pytest
 import torch
+from conftest import recorded_and_eager_maps
 from transformers import (
     BertConfig,
     BertLMHeadModel,
@@ -15,7 +16,6 @@ from transformers import (
     XLMRobertaForCausalLM,
 )
 
-from hf_distill.attention import AttentionRecorder
 from hf_distill.losses import relation_kl_loss
 
 BERT_LIKE = dict(
@@ -41,14 +41,7 @@ def test_recorded_maps_of_causal_decoders_equal_eager_maps(family):
     model = BUILDERS[family]().eval()
     input_ids = torch.tensor([[5, 6, 7, 8, 9, 10], [5, 11, 12, 1, 1, 1]])
     attention_mask = torch.tensor([[1, 1, 1, 1, 1, 1], [1, 1, 1, 0, 0, 0]])
-    recorder = AttentionRecorder(model, [0, 1])
-    with recorder.recording(), torch.no_grad():
-        model(input_ids=input_ids, attention_mask=attention_mask)
-    recorded = recorder.attention_maps()
-
-    model.set_attn_implementation("eager")
-    with torch.no_grad():
-        eager = model(input_ids=input_ids, attention_mask=attention_mask, output_attentions=True).attentions
+    recorded, eager = recorded_and_eager_maps(model, [0, 1], input_ids=input_ids, attention_mask=attention_mask)
     for got, want in zip(recorded, eager):
         assert torch.all(want[:, :, 0, 1:] == 0)  # the eager maps are causal: the first token sees only itself
         torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-4)

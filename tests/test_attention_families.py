@@ -8,6 +8,7 @@ keys the attention reads: after rotary embeddings.
 
 import pytest
 import torch
+from conftest import recorded_and_eager_maps
 from transformers import (
     BartConfig,
     BartForSequenceClassification,
@@ -27,7 +28,7 @@ from transformers import (
 )
 from transformers.models.llama.modeling_llama import apply_rotary_pos_emb
 
-from hf_distill.attention import AttentionRecorder, ProjectionRecorder
+from hf_distill.attention import ProjectionRecorder
 
 DECODER = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_layers=3, num_attention_heads=4,
                pad_token_id=0, num_labels=2)  # fmt: skip
@@ -108,16 +109,7 @@ def test_recorded_maps_equal_eager_maps(family):
     torch.manual_seed(0)
     model = BUILDERS[family]().eval()
     assert model.config._attn_implementation == "sdpa"
-    batch = _batch()
-    recorder = AttentionRecorder(model, [0, 1, 2])
-    with recorder.recording(), torch.no_grad():
-        model(**batch)
-    recorded = recorder.attention_maps()
-
-    model.set_attn_implementation("eager")
-    with torch.no_grad():
-        outputs = model(**batch, output_attentions=True)
-    eager = outputs.encoder_attentions if "encoder_attentions" in outputs else outputs.attentions  # encoder-decoders
+    recorded, eager = recorded_and_eager_maps(model, [0, 1, 2], **_batch())
     assert len(eager) == 3
     for got, want in zip(recorded, eager):
         assert got.shape == want.shape and got.dtype == torch.float32
