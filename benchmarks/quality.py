@@ -20,7 +20,7 @@ asked for again: an interrupted study resumes where it stopped. Commands (reposi
     nice -n 19 python benchmarks/quality.py --seeds 0 --arms ce_lr1e-4 recommended   # a subset
     python benchmarks/quality.py --summary                     # table + plot from the results file, no training
     python benchmarks/quality.py --quick                       # smoke run: tiny budgets, a separate results file
-    nice -n 19 python benchmarks/quality.py --scale mpnet --seeds 0 --arms ce_lr5e-5 seed recommended
+    nice -n 19 python benchmarks/quality.py --scale mpnet --seeds 0 --arms ce_lr5e-5 seed_logits recommended
 """
 
 from __future__ import annotations
@@ -47,7 +47,7 @@ SCALES: dict[str, dict[str, Any]] = {
     # MiniLM-L6 (6 x 384, 22.7M) -> 3 layers.
     "small": dict(model="minilm", student_layers=[1, 3, 5], teacher_lr=1e-4, teacher_eval_steps=300),
     # all-mpnet-base-v2 (12 x 768, 110M) -> 6 layers; assembled from PyPI as ../shared/data/README.md says.
-    "mpnet": dict(model="mpnet", student_layers=[1, 3, 5, 7, 9, 11], teacher_lr=3e-5, teacher_eval_steps=400),
+    "mpnet": dict(model="mpnet", student_layers=[1, 3, 5, 7, 9, 11], teacher_lr=3e-5, teacher_eval_steps=250),
 }
 MPNET_DIR = Path.home() / ".cache" / "all-mpnet-base-v2" / "all-mpnet-base-v2"
 
@@ -56,8 +56,11 @@ MPNET_DIR = Path.home() / ".cache" / "all-mpnet-base-v2" / "all-mpnet-base-v2"
 
 KD_LR = 1e-4
 ARMS: dict[str, dict[str, Any]] = {
-    **{f"ce_lr{name}": dict(kind="ce", lr=float(name)) for name in ("3e-5", "1e-4", "2e-4")},
+    **{f"ce_lr{name}": dict(kind="ce", lr=float(name)) for name in ("3e-5", "5e-5", "1e-4", "2e-4")},
     "seed": dict(kind="kd", lr=KD_LR, settings=dict(recipe="seed")),
+    "recommended": dict(kind="kd", lr=KD_LR, settings=dict(recipe="recommended")),
+    # The seed's weights without its attention term, for teachers whose attention cannot be recorded (MPNet).
+    "seed_logits": dict(kind="kd", lr=KD_LR, settings=dict(recipe="seed", gamma=0.0)),
     "kd_alone": dict(kind="kd", lr=KD_LR, settings=dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0)),
     **{
         f"recipe_{name}": dict(kind="kd", lr=KD_LR, settings=dict(recipe=name))
