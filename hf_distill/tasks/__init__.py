@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from . import losses, token_kd
+from .. import losses, token_kd
 
 __all__ = [
     "TASKS",
