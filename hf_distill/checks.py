@@ -315,7 +315,7 @@ def before_train(trainer: DistillationTrainer, resume_from_checkpoint: str | boo
         trainer._set_signature_columns_if_needed()
         keep = set(trainer._signature_columns or []) or None
     task = trainer.task
-    require_labels = args.alpha > 0 or task.name == "masked-lm"  # masked LM finds its masked positions in the labels
+    require_labels = args.alpha > 0 or task.labels_mark_positions  # masked LM finds its masked positions in the labels
     check_dataset(trainer.train_dataset, "train_dataset", models, require_labels, trainer.data_collator, keep,
                   task.label_names)  # fmt: skip
     evals = trainer.eval_dataset if isinstance(trainer.eval_dataset, Mapping) else {None: trainer.eval_dataset}

@@ -1,100 +1,26 @@
-"""Classification metrics and a timed evaluation pass of any task, shared by the `hf-distill` command and the demo.
+"""A timed evaluation pass of any task, shared by the `hf-distill` command and the demo.
 
-Sequence-classification metrics come from `evaluate` (`accuracy`, and `f1` for binary tasks). `evaluate.load`
-fetches its metric scripts from the Hugging Face Hub; where the Hub cannot be reached, the same definitions
-implemented here are used instead and the log says so once. The other tasks' metrics are in `hf_distill.task_metrics`.
+The metrics themselves are defined in `hf_distill.task_metrics` (the one metrics module; `accuracy`, `binary_f1` and
+`load_metrics` are re-exported here for existing imports).
 """
 
 from __future__ import annotations
 
-import logging
 import statistics
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
-import numpy as np
 import torch
 from accelerate.utils import send_to_device
 from torch import nn
 from torch.utils.data import DataLoader
 from transformers.trainer_pt_utils import nested_concat, nested_numpify
 
+from .task_metrics import TaskMetrics, accuracy, binary_f1, load_metrics
 from .tasks import batch_size as examples_in
-from .tasks import task_logits
-
-if TYPE_CHECKING:
-    from .task_metrics import TaskMetrics
 
 __all__ = ["EvaluationResult", "accuracy", "binary_f1", "evaluate_model", "load_metrics"]
-
-logger = logging.getLogger(__name__)
-
-_HUB_METRICS: dict[str, object | None] = {}  # name -> evaluate module, or None when it could not be loaded
-_FALLBACK_ANNOUNCED = False
-
-
-def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
-    """Fraction of predictions equal to the reference (the definition of `evaluate`'s `accuracy`)."""
-    predictions, references = np.asarray(predictions), np.asarray(references)
-    if predictions.shape != references.shape or predictions.size == 0:
-        raise ValueError(
-            f"need as many predictions as references (> 0), got {predictions.size} and {references.size}."
-        )
-    return float((predictions == references).mean())
-
-
-def binary_f1(predictions: Sequence[int], references: Sequence[int], pos_label: int = 1) -> float:
-    """F1 of the positive class (`evaluate`'s `f1` with its default `average="binary"`); 0.0 when undefined."""
-    predictions, references = np.asarray(predictions), np.asarray(references)
-    true_pos = int(((predictions == pos_label) & (references == pos_label)).sum())
-    false_pos = int(((predictions == pos_label) & (references != pos_label)).sum())
-    false_neg = int(((predictions != pos_label) & (references == pos_label)).sum())
-    denominator = 2 * true_pos + false_pos + false_neg
-    return 2 * true_pos / denominator if denominator else 0.0
-
-
-def _hub_metric(name: str):
-    global _FALLBACK_ANNOUNCED
-    if name not in _HUB_METRICS:
-        try:
-            import evaluate
-
-            _HUB_METRICS[name] = evaluate.load(name)
-        except Exception as error:  # no Hub access, no cached script: fall back to our own definition
-            _HUB_METRICS[name] = None
-            if not _FALLBACK_ANNOUNCED:
-                _FALLBACK_ANNOUNCED = True
-                logger.warning(
-                    "evaluate.load(%r) failed (%s: %s); the Hub is probably unreachable. Using hf_distill's own "
-                    "accuracy/F1, which follow the same definitions.",
-                    name,
-                    type(error).__name__,
-                    str(error).splitlines()[0][:200] if str(error) else "",
-                )
-    return _HUB_METRICS[name]
-
-
-def load_metrics(num_labels: int) -> dict[str, Callable[[Sequence[int], Sequence[int]], float]]:
-    """`{"accuracy": fn}` plus `"f1"` when `num_labels == 2`; each `fn(predictions, references) -> float`."""
-    names = ["accuracy"] + (["f1"] if num_labels == 2 else [])
-    fallbacks = {"accuracy": accuracy, "f1": binary_f1}
-    metrics = {}
-    for name in names:
-        module = _hub_metric(name)
-        if module is None:
-            metrics[name] = fallbacks[name]
-        else:
-            metrics[name] = _wrap(module, name)
-    return metrics
-
-
-def _wrap(module, name: str) -> Callable[[Sequence[int], Sequence[int]], float]:
-    def compute(predictions, references) -> float:
-        return float(module.compute(predictions=predictions, references=references)[name])
-
-    return compute
 
 
 @dataclass
@@ -175,7 +101,7 @@ def evaluate_model(
         outputs = model(**batch)
         _sync(device)
         times.append(time.perf_counter() - start)
-        logits = task_logits(metrics.task, outputs)
+        logits = metrics.task.logits(outputs)
         kept = send_to_device(metrics.preprocess(logits[0] if len(logits) == 1 else logits,
                                                  send_to_device(labels, device)), "cpu")  # fmt: skip
         predictions = kept if predictions is None else nested_concat(predictions, kept, -100)

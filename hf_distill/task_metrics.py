@@ -1,8 +1,8 @@
-"""Evaluation metrics of each task, written here because `evaluate.load` needs the Hub.
+"""The evaluation metrics of every task, in one module, written here because `evaluate.load` needs the Hub.
 
 | task | metrics (primary first) | definition |
 | --- | --- | --- |
-| `sequence-classification` | `accuracy` (+ `f1` of label 1 when binary) | `hf_distill.evaluation` |
+| `sequence-classification` | `accuracy` (+ `f1` of label 1 when binary) | `evaluate`'s, else the same below |
 | `token-classification` | `f1`, `precision`, `recall` (entities, when the labels are IOB2 tags), `accuracy` | below |
 | `question-answering` | `f1`, `exact_match` (per example: the best span over its windows) | SQuAD |
 | `masked-lm` | `accuracy` (masked tokens), `perplexity` | below |
@@ -11,39 +11,116 @@
 Every metric is a fraction in `[0, 1]` (SQuAD's script prints the same numbers times 100), except perplexity
 (`exp` of the mean cross-entropy over the scored tokens, lower is better). Each `TaskMetrics` has a `preprocess`
 (`Trainer`'s `preprocess_logits_for_metrics`: argmax and per-token cross-entropy, so evaluation never keeps
-`(N, T, V)` logits) and a `compute` (`compute_metrics` on the gathered, `-100`-padded arrays).
+`(N, T, V)` logits) and a `compute` (`compute_metrics` on the gathered, `-100`-padded arrays); both ask the task
+(`Task.preprocess_predictions`, `Task.compute_metrics`), which reads the definitions here.
+
+Sequence-classification metrics come from `evaluate` (`accuracy`, and `f1` for binary tasks). `evaluate.load`
+fetches its metric scripts from the Hugging Face Hub; where the Hub cannot be reached, the same definitions
+implemented here are used instead and the log says so once.
 """
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import string
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import torch
 
-from .evaluation import load_metrics
-from .losses import token_hard_label_loss
-from .tasks import Task
+if TYPE_CHECKING:
+    from .tasks import Task
 
 __all__ = [
     "QAReferences",
     "TaskMetrics",
+    "accuracy",
+    "binary_f1",
     "entity_scores",
     "get_entities",
     "is_iob2",
+    "language_model_scores",
+    "load_metrics",
     "squad_exact_match",
     "squad_f1",
     "task_metrics",
 ]
 
+logger = logging.getLogger(__name__)
+
 IGNORE = -100
 _PUNCTUATION = set(string.punctuation)
-MAX_ANSWER_TOKENS = 30  # the longest predicted answer span, as in transformers' run_qa.py
+_HUB_METRICS: dict[str, object | None] = {}  # name -> evaluate module, or None when it could not be loaded
+_FALLBACK_ANNOUNCED = False
+
+
+# ---- classification: evaluate's accuracy and binary F1, or the same definitions offline -----------------------
+
+
+def accuracy(predictions: Sequence[int], references: Sequence[int]) -> float:
+    """Fraction of predictions equal to the reference (the definition of `evaluate`'s `accuracy`)."""
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    if predictions.shape != references.shape or predictions.size == 0:
+        raise ValueError(
+            f"need as many predictions as references (> 0), got {predictions.size} and {references.size}."
+        )
+    return float((predictions == references).mean())
+
+
+def binary_f1(predictions: Sequence[int], references: Sequence[int], pos_label: int = 1) -> float:
+    """F1 of the positive class (`evaluate`'s `f1` with its default `average="binary"`); 0.0 when undefined."""
+    predictions, references = np.asarray(predictions), np.asarray(references)
+    true_pos = int(((predictions == pos_label) & (references == pos_label)).sum())
+    false_pos = int(((predictions == pos_label) & (references != pos_label)).sum())
+    false_neg = int(((predictions != pos_label) & (references == pos_label)).sum())
+    denominator = 2 * true_pos + false_pos + false_neg
+    return 2 * true_pos / denominator if denominator else 0.0
+
+
+def _hub_metric(name: str):
+    global _FALLBACK_ANNOUNCED
+    if name not in _HUB_METRICS:
+        try:
+            import evaluate
+
+            _HUB_METRICS[name] = evaluate.load(name)
+        except Exception as error:  # no Hub access, no cached script: fall back to our own definition
+            _HUB_METRICS[name] = None
+            if not _FALLBACK_ANNOUNCED:
+                _FALLBACK_ANNOUNCED = True
+                logger.warning(
+                    "evaluate.load(%r) failed (%s: %s); the Hub is probably unreachable. Using hf_distill's own "
+                    "accuracy/F1, which follow the same definitions.",
+                    name,
+                    type(error).__name__,
+                    str(error).splitlines()[0][:200] if str(error) else "",
+                )
+    return _HUB_METRICS[name]
+
+
+def load_metrics(num_labels: int) -> dict[str, Callable[[Sequence[int], Sequence[int]], float]]:
+    """`{"accuracy": fn}` plus `"f1"` when `num_labels == 2`; each `fn(predictions, references) -> float`."""
+    names = ["accuracy"] + (["f1"] if num_labels == 2 else [])
+    fallbacks = {"accuracy": accuracy, "f1": binary_f1}
+    metrics = {}
+    for name in names:
+        module = _hub_metric(name)
+        if module is None:
+            metrics[name] = fallbacks[name]
+        else:
+            metrics[name] = _wrap(module, name)
+    return metrics
+
+
+def _wrap(module, name: str) -> Callable[[Sequence[int], Sequence[int]], float]:
+    def compute(predictions, references) -> float:
+        return float(module.compute(predictions=predictions, references=references)[name])
+
+    return compute
 
 
 # ---- entities: seqeval's default (conlleval-compatible) chunking, IOB2 tags ------------------------------------
@@ -154,6 +231,26 @@ def best_span(
     return int(inside[row]), int(inside[column])
 
 
+# ---- language models --------------------------------------------------------------------------------------------
+
+
+def language_model_scores(predictions, nll, label_ids, shift: bool) -> dict[str, float]:
+    """Accuracy and perplexity over the scored tokens: masked ones, or (`shift`: causal) every next token that has a
+    label. `predictions` and `nll` are the per-token argmax ids and cross-entropies, `(N, T)`, `-100`-padded."""
+    predictions, nll = np.asarray(predictions), np.asarray(nll, dtype=np.float64)
+    label_ids = np.asarray(label_ids)
+    if shift:
+        predictions, nll, label_ids = predictions[:, :-1], nll[:, :-1], label_ids[:, 1:]
+    scored = label_ids != IGNORE
+    if not scored.any():
+        raise ValueError("no tokens to score: every label is -100.")
+    mean_nll = float(nll[scored].mean())
+    return {
+        "accuracy": float((predictions[scored] == label_ids[scored]).mean()),
+        "perplexity": math.exp(mean_nll) if mean_nll < 700 else math.inf,
+    }
+
+
 # ---- per task ------------------------------------------------------------------------------------------------------
 
 
@@ -167,78 +264,14 @@ class TaskMetrics:
     tag_names: list[str] = field(default_factory=list)  # token classification: id -> tag
     references: QAReferences | None = None
 
-    def preprocess(self, logits, labels):
+    def preprocess(self, logits: Any, labels: Any) -> Any:
         """Keep what the metrics need: argmax ids (`(B,)` or `(B, T)`), plus per-token cross-entropy for LMs."""
-        if self.task.name == "question-answering":
-            return logits  # (start, end), each (B, T): small
-        logits = logits[0] if isinstance(logits, (tuple, list)) else logits
-        predictions = logits.argmax(dim=-1)
-        if self.task.name == "masked-lm":
-            return predictions, token_hard_label_loss(logits, labels, reduction="none")
-        if self.task.name == "causal-lm":  # position t predicts token t + 1; the last column has no target
-            nll = token_hard_label_loss(logits[:, :-1], labels[:, 1:], reduction="none")
-            return predictions, torch.nn.functional.pad(nll, (0, 1))
-        return predictions
+        return self.task.preprocess_predictions(logits, labels)
 
-    def compute(self, predictions, label_ids) -> dict[str, float]:
-        name = self.task.name
-        if name == "question-answering":
-            return self._question_answering(*predictions)
-        if name in ("masked-lm", "causal-lm"):
-            return _language_modelling(*predictions, np.asarray(label_ids), shift=name == "causal-lm")
-        predictions, label_ids = np.asarray(predictions), np.asarray(label_ids)
-        if name == "token-classification":
-            return self._token_classification(predictions, label_ids)
-        return {k: fn(predictions, label_ids) for k, fn in load_metrics(self.num_labels).items()}
-
-    def _token_classification(self, predictions: np.ndarray, label_ids: np.ndarray) -> dict[str, float]:
-        labelled = label_ids != IGNORE  # the first sub-token of each word
-        if not labelled.any():
-            raise ValueError("no labelled tokens to score: every label is -100.")
-        metrics = {"accuracy": float((predictions[labelled] == label_ids[labelled]).mean())}
-        if is_iob2(self.tag_names):
-            names = self.tag_names
-            pred = [[names[p] for p in row[mask]] for row, mask in zip(predictions, labelled)]
-            gold = [[names[g] for g in row[mask]] for row, mask in zip(label_ids, labelled)]
-            metrics = entity_scores(pred, gold) | metrics
-        return metrics
-
-    def _question_answering(self, start_logits: np.ndarray, end_logits: np.ndarray) -> dict[str, float]:
-        """Per example: the best span over all its features (windows), scored by start + end logits (run_qa.py)."""
-        refs = self.references
-        best: list[tuple[float, str]] = [(-math.inf, "")] * refs.num_examples  # (score, text) per example
-        for f, offsets in enumerate(refs.offsets):
-            span = best_span(start_logits[f], end_logits[f], offsets, MAX_ANSWER_TOKENS)
-            if span is None:
-                continue
-            score = float(start_logits[f][span[0]] + end_logits[f][span[1]])
-            example = refs.example[f]
-            if score > best[example][0]:
-                best[example] = (score, refs.contexts[example][offsets[span[0]][0] : offsets[span[1]][1]])
-        exact = sum(squad_exact_match(text, refs.answers[i]) for i, (_, text) in enumerate(best))
-        f1 = sum(squad_f1(text, refs.answers[i]) for i, (_, text) in enumerate(best))
-        return {"f1": f1 / refs.num_examples, "exact_match": exact / refs.num_examples}
+    def compute(self, predictions: Any, label_ids: Any) -> dict[str, float]:
+        return self.task.compute_metrics(self, predictions, label_ids)
 
 
-def _language_modelling(predictions, nll, label_ids: np.ndarray, shift: bool) -> dict[str, float]:
-    """Accuracy and perplexity over the scored tokens: masked ones, or (causal) every next token that has a label."""
-    predictions, nll = np.asarray(predictions), np.asarray(nll, dtype=np.float64)
-    if shift:
-        predictions, nll, label_ids = predictions[:, :-1], nll[:, :-1], label_ids[:, 1:]
-    scored = label_ids != IGNORE
-    if not scored.any():
-        raise ValueError("no tokens to score: every label is -100.")
-    mean_nll = float(nll[scored].mean())
-    return {
-        "accuracy": float((predictions[scored] == label_ids[scored]).mean()),
-        "perplexity": math.exp(mean_nll) if mean_nll < 700 else math.inf,
-    }
-
-
-def task_metrics(task: Task, config, references: QAReferences | None = None) -> TaskMetrics:
+def task_metrics(task: Task, config: Any, references: QAReferences | None = None) -> TaskMetrics:
     """The `TaskMetrics` of `task` for a teacher with `config` (its labels name token-classification tags)."""
-    names = [str(config.id2label[i]) for i in range(config.num_labels)] if task.name == "token-classification" else []
-    primary = {"question-answering": "f1", "token-classification": "f1" if is_iob2(names) else "accuracy"}
-    if task.name == "question-answering" and references is None:
-        raise ValueError("question-answering metrics need the evaluation set's QAReferences.")
-    return TaskMetrics(task, primary.get(task.name, "accuracy"), config.num_labels, names, references)
+    return task.metrics(config, references)

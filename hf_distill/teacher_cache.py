@@ -48,6 +48,9 @@ import torch
 from .artifacts import atomic_write_text
 
 __all__ = [
+    "EXAMPLE_LOGITS",
+    "TOP_K_PER_TOKEN",
+    "CacheFormat",
     "TEACHER_LOGITS",
     "TOP_K_COLUMNS",
     "TeacherLogitsCollator",
@@ -237,31 +240,35 @@ def load_or_compute_teacher_logits(
     key: str,
     parts: dict[str, Any],
     compute: Callable[[], torch.Tensor | dict[str, list]],
+    columns: tuple[str, ...] | None = None,
 ):
     """The one-column (`teacher_logits`) dataset stored under `cache_dir/key`, computing and saving it if absent.
 
     Saving is atomic: the table is written to a temporary folder and renamed, so a crash or a concurrent run never
-    leaves a half-written cache that a later run would read.
+    leaves a half-written cache that a later run would read. `columns` are the stored columns (by default
+    `TOP_K_COLUMNS` when `parts` has a `top_k`, else `TEACHER_LOGITS`); a stored table with others is recomputed.
     """
     from datasets import Dataset, load_from_disk
 
     folder = Path(cache_dir) / key
     if (folder / _KEY_FILE).is_file():
         stored = load_from_disk(str(folder))
-        expected = list(TOP_K_COLUMNS) if parts.get("top_k") else [TEACHER_LOGITS]
+        if columns is None:
+            columns = TOP_K_COLUMNS if parts.get("top_k") else (TEACHER_LOGITS,)
+        expected = list(columns)
         if len(stored) == parts["num_rows"] and stored.column_names == expected:
             logger.info("teacher logits: using the cache at %s", folder)
             return stored
         logger.warning("teacher logits: the cache at %s does not match its key file; recomputing it.", folder)
     logger.info("teacher logits: computing them for %d training rows (cached at %s)", parts["num_rows"], folder)
     logits = compute()
-    columns = logits if isinstance(logits, dict) else {TEACHER_LOGITS: logits.numpy()}
-    rows = len(next(iter(columns.values())))
+    stored = logits if isinstance(logits, dict) else {TEACHER_LOGITS: logits.numpy()}
+    rows = len(next(iter(stored.values())))
     if rows != parts["num_rows"]:
         raise RuntimeError(f"the teacher produced {rows} rows of logits for {parts['num_rows']} rows.")
     folder.parent.mkdir(parents=True, exist_ok=True)
     staging = folder.parent / f".tmp-{key}-{uuid.uuid4().hex[:8]}"
-    Dataset.from_dict(columns).save_to_disk(str(staging))
+    Dataset.from_dict(stored).save_to_disk(str(staging))
     atomic_write_text(staging / _KEY_FILE, json.dumps(parts, indent=2, sort_keys=True, default=str))
     if folder.exists():  # an incomplete or mismatched cache from before
         shutil.rmtree(folder, ignore_errors=True)
@@ -343,6 +350,57 @@ def top_k_teacher_of(batch: dict[str, Any]):
     from .token_kd import TopKTeacher
 
     return TopKTeacher(*(batch[name] for name in TOP_K_COLUMNS))
+
+
+# ---- the formats a task's teacher outputs are cached in (`Task.teacher_cache`) --------------------------------------
+
+
+class CacheFormat:
+    """How a task's teacher outputs are stored: the columns, the collator wrapper, the key's extra settings and how
+    to compute them from the teacher's `forward(batch) -> logits`."""
+
+    description: str
+    columns: tuple[str, ...]
+
+    def collator(self, collator: Callable) -> Callable:
+        raise NotImplementedError
+
+    def key_extra(self, args: Any) -> dict[str, Any] | None:
+        """The settings besides teacher, data, tokenizer, collator and precision that change what is stored."""
+        return None
+
+    def compute(self, dataset, collator: Callable, forward: Callable, batch_size: int, args: Any):
+        raise NotImplementedError
+
+
+class _ExampleLogits(CacheFormat):
+    description = "class logits per example"
+    columns = (TEACHER_LOGITS,)
+
+    def collator(self, collator: Callable) -> Callable:
+        return TeacherLogitsCollator(collator)
+
+    def compute(self, dataset, collator: Callable, forward: Callable, batch_size: int, args: Any) -> torch.Tensor:
+        return compute_teacher_logits(dataset, collator, forward, max(batch_size, 32))
+
+
+class _TopKPerToken(CacheFormat):
+    description = "a top-k summary per token"
+    columns = TOP_K_COLUMNS
+
+    def collator(self, collator: Callable) -> Callable:
+        return TeacherTopKCollator(collator)
+
+    def key_extra(self, args: Any) -> dict[str, Any]:  # a top-k summary at T: both join the key
+        return {"top_k": args.teacher_cache_top_k, "temperature": args.temperature}
+
+    def compute(self, dataset, collator: Callable, forward: Callable, batch_size: int, args: Any) -> dict[str, list]:
+        return compute_teacher_top_k(dataset, collator, forward, batch_size, args.teacher_cache_top_k,
+                                     args.temperature)  # fmt: skip
+
+
+EXAMPLE_LOGITS = _ExampleLogits()  # sequence classification: `(C,)` logits per row
+TOP_K_PER_TOKEN = _TopKPerToken()  # causal LMs: per real position, the k most probable tokens and a tail
 
 
 def check_cacheable(train_dataset) -> None:

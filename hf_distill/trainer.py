@@ -119,12 +119,12 @@ class DistillationTrainer(Trainer):
             )
         checks.check_models(model, teacher_model, kwargs.get("processing_class"))
         if args.teacher_cache_dir is not None:
-            if self.task not in (tasks.SEQUENCE_CLASSIFICATION, tasks.CAUSAL_LM):
+            if self.task.teacher_cache is None:
+                cached = "; ".join(f"{t.teacher_cache.description} for {t.name}" for t in tasks.TASKS.values()
+                                   if t.teacher_cache is not None)  # fmt: skip
                 raise ValueError(
-                    f"teacher_cache_dir={args.teacher_cache_dir!r} caches class logits per example (sequence "
-                    f"classification) or a top-k summary per token (causal LMs); this is a {self.task.name} model, "
-                    "whose teacher outputs change every epoch (masked LM: new masks) or are not cached. Leave "
-                    "teacher_cache_dir unset."
+                    f"teacher_cache_dir={args.teacher_cache_dir!r} caches {cached}; this is a {self.task.name} "
+                    f"model: {self.task.no_cache_reason}. Leave teacher_cache_dir unset."
                 )
             teacher_cache.check_cacheable(kwargs.get("train_dataset"))
 
@@ -175,8 +175,9 @@ class DistillationTrainer(Trainer):
         if requested is False:
             return False
         problem = None
-        if self.task not in (tasks.CAUSAL_LM, tasks.MASKED_LM):
-            problem = f"this is a {self.task.name} model; the fused loss is for causal and masked language models"
+        if not self.task.fuses_lm_head:
+            fused = ", ".join(t.name for t in tasks.TASKS.values() if t.fuses_lm_head)
+            problem = f"this is a {self.task.name} model; the fused loss is for {fused} models"
         elif self.is_deepspeed_enabled or self.is_fsdp_enabled:
             problem = "DeepSpeed and FSDP shard the heads' weights, which the fused loss reads outside the forward"
         else:
@@ -192,7 +193,7 @@ class DistillationTrainer(Trainer):
     def _teacher_forward(
         self, inputs: dict[str, Any], fused: bool = False
     ) -> tuple[tuple[torch.Tensor, ...], list[torch.Tensor] | None, tuple | None]:
-        """The teacher's logits (`tasks.task_logits`), attention maps of the mapped layers (gamma > 0), hidden states.
+        """The teacher's logits (`Task.logits`), attention maps of the mapped layers (gamma > 0), hidden states.
 
         With `relation_weight > 0` its projections are left in `self._teacher_projections`."""
         if self.teacher_model.training:  # someone called .train() on it: dropout must stay off
@@ -209,7 +210,7 @@ class DistillationTrainer(Trainer):
         with recording, projecting, capturing, self.accelerator.autocast():
             outputs = self._teacher_runner(**teacher_inputs)
         maps = self._teacher_recorder.attention_maps() if self._teacher_recorder else None
-        logits = (self._teacher_capture.logits(),) if fused else tasks.task_logits(self.task, outputs)
+        logits = (self._teacher_capture.logits(),) if fused else self.task.logits(outputs)
         return logits, maps, _layer_states(outputs) if self.args.hidden_weight > 0 else None
 
     # ---- teacher-output cache (opt-in, gamma = 0): see hf_distill/teacher_cache.py --------------------------
@@ -226,10 +227,7 @@ class DistillationTrainer(Trainer):
             return super().get_train_dataloader()
         dataset, collator = self.train_dataset, self.data_collator
         self.train_dataset = teacher_cache.with_teacher_logits(dataset, self._cached_teacher_logits(dataset))
-        top_k = self.task is tasks.CAUSAL_LM
-        self.data_collator = (teacher_cache.TeacherTopKCollator if top_k else teacher_cache.TeacherLogitsCollator)(
-            collator
-        )
+        self.data_collator = self.task.teacher_cache.collator(collator)  # adds the cached columns to each batch
         try:
             return super().get_train_dataloader()
         finally:  # the user's dataset and collator stay as they gave them
@@ -240,10 +238,9 @@ class DistillationTrainer(Trainer):
         seen = self._remove_unused_columns(dataset, description="teacher cache")  # exactly what the collator gets
         precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
         precision += f"/teacher:{self._teacher_dtype}"  # a teacher cast to another dtype gives other logits
-        top_k = self.task is tasks.CAUSAL_LM  # a top-k summary at T: both join the key
-        extra = {"top_k": self.args.teacher_cache_top_k, "temperature": self.args.temperature} if top_k else None
+        cache = self.task.teacher_cache  # what is stored: class logits per example, a top-k summary per token
         key, parts = teacher_cache.teacher_cache_key(
-            self.teacher_model, seen, self.processing_class, self.data_collator, precision, extra
+            self.teacher_model, seen, self.processing_class, self.data_collator, precision, cache.key_extra(self.args)
         )
 
         def forward(batch: dict[str, Any]) -> torch.Tensor:
@@ -252,15 +249,12 @@ class DistillationTrainer(Trainer):
 
         def compute() -> torch.Tensor | dict[str, list]:
             batch_size = self.args.per_device_eval_batch_size * max(1, self.args.n_gpu)
-            if top_k:
-                k, temperature = self.args.teacher_cache_top_k, self.args.temperature
-                return teacher_cache.compute_teacher_top_k(
-                    seen, self.data_collator, forward, batch_size, k, temperature
-                )
-            return teacher_cache.compute_teacher_logits(seen, self.data_collator, forward, max(batch_size, 32))
+            return cache.compute(seen, self.data_collator, forward, batch_size, self.args)
 
         with self.args.main_process_first(desc="teacher logits cache"):
-            return teacher_cache.load_or_compute_teacher_logits(self.args.teacher_cache_dir, key, parts, compute)
+            return teacher_cache.load_or_compute_teacher_logits(
+                self.args.teacher_cache_dir, key, parts, compute, cache.columns
+            )
 
     # ---- learned hidden-state projection (unequal widths): see hf_distill/projection.py ------------------------
 
@@ -343,7 +337,7 @@ class DistillationTrainer(Trainer):
             cached_logits = teacher_cache.top_k_teacher_of(inputs)  # causal LM: TopKTeacher, (B, T, k)
         dropped = (*task.label_names, teacher_cache.TEACHER_LOGITS, *teacher_cache.TOP_K_COLUMNS)  # student: no loss
         student_inputs = {k: v for k, v in inputs.items() if k not in dropped}
-        if args.alpha > 0 and mode == "train" and not tasks.has_labels(task, inputs):
+        if args.alpha > 0 and mode == "train" and not task.has_labels(inputs):
             raise ValueError(
                 f"alpha={args.alpha} weights the hard-label loss, but the batch has no "
                 f"{' / '.join(task.label_names)}. Add the target column(s) to the dataset ('label' is renamed "
@@ -370,10 +364,10 @@ class DistillationTrainer(Trainer):
         else:
             teacher_logits, teacher_maps, teacher_hidden = None, None, None
 
-        student_logits = (self._student_capture.logits(),) if fused else tasks.task_logits(task, outputs)
+        student_logits = (self._student_capture.logits(),) if fused else task.logits(outputs)
         weights = args.term_weights()
-        terms, output_sum = tasks.output_terms(
-            task, student_logits[0] if fused else student_logits, teacher_logits, inputs, args.temperature, weights,
+        terms, output_sum = task.output_terms(
+            student_logits[0] if fused else student_logits, teacher_logits, inputs, args.temperature, weights,
             training=mode == "train",
         )  # fmt: skip
         # name -> (per-example values, counts), each (B,); output terms are sums over each example's units
@@ -405,7 +399,7 @@ class DistillationTrainer(Trainer):
             if mode == "train" and torch.is_tensor(num_items_in_batch) and num_items_in_batch.numel() == 2:
                 examples, units = num_items_in_batch.unbind()
             else:  # outside a training step (or a caller's own count): this batch alone
-                examples, units = batch, tasks.units_per_example(task, inputs).sum().to(ones.device)
+                examples, units = batch, task.units_per_example(inputs).sum().to(ones.device)
             loss = output_sum / units.clamp_min(1) + example_sum / examples
             if mode == "train" and num_items_in_batch is not None:
                 if args.average_tokens_across_devices and args.world_size > 1:
@@ -456,7 +450,7 @@ class DistillationTrainer(Trainer):
         units (the same for sequence-level tasks; the distilled tokens for token-level ones): a `(2,)` tensor."""
         batch_samples, _ = super().get_batch_samples(epoch_iterator, num_batches, device)
         examples = torch.tensor(sum(tasks.batch_size(b) for b in batch_samples), device=device)
-        units = sum(tasks.units_per_example(self.task, b).sum().to(device) for b in batch_samples)  # no host sync
+        units = sum(self.task.units_per_example(b).sum().to(device) for b in batch_samples)  # no host sync
         count = torch.stack([examples, torch.as_tensor(units, device=device)])
         if self.args.average_tokens_across_devices and self.args.world_size > 1:
             count = self.accelerator.gather(count[None]).sum(dim=0)
@@ -665,17 +659,7 @@ def _check_tasks(student: nn.Module, teacher: nn.Module) -> tasks.Task:
             f"the student is a {type(student).__name__} ({task.name}) but the teacher a {type(teacher).__name__} "
             f"({teacher_task.name}): both need the same task head. Load the teacher with {task.auto_class}."
         )
-    if task is tasks.SEQUENCE_CLASSIFICATION:  # the losses are softmax cross-entropy and softmax KL
-        for who, model in (("student", student), ("teacher", teacher)):
-            config = getattr(model, "config", None)
-            problem = getattr(config, "problem_type", None)
-            if getattr(config, "num_labels", 2) == 1 or problem in ("regression", "multi_label_classification"):
-                raise ValueError(
-                    f"the {who} is set up for {problem or 'regression'} (num_labels={config.num_labels}, "
-                    f"problem_type={problem!r}); hf-distill distils single-label classification, whose loss terms "
-                    "are softmax cross-entropy and softmax KL. Give both models num_labels >= 2 and "
-                    "problem_type='single_label_classification' (or None)."
-                )
+    task.check_models(student, teacher)  # what the task's loss needs of both heads (e.g. single-label classes)
     return task
 
 

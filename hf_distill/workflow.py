@@ -227,7 +227,7 @@ def prepare_run(
         default_description = f"`{data_args.train_file}` (train) and `{data_args.validation_file}` (evaluation)."
     description = {
         "description": data_description or default_description,
-        "task": "sentence-pair" if pair else task.name,
+        "task": task.command_name(pair),
         "num_train": len(train),
         "num_eval": len(evaluation) if data.references is None else data.references.num_examples,
         **({} if data.references is None else {"num_eval_features": len(evaluation)}),  # QA: windows of long contexts

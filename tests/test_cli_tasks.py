@@ -598,7 +598,7 @@ def test_question_answering_refuses_a_doc_stride_that_cannot_move(assets, tmp_pa
 def test_default_doc_stride_fits_the_window(assets, tmp_path, caplog):
     """Unset, the stride is min(128, max_seq_length // 3), halved (with a warning) for a row it would not fit."""
     from hf_distill.data import DataArguments
-    from hf_distill.task_data import _stride
+    from hf_distill.tasks.question_answering import _stride
 
     tokenizer = assets["tokenizer"]
     path = str(assets["qa_dev"])
@@ -606,7 +606,7 @@ def test_default_doc_stride_fits_the_window(assets, tmp_path, caplog):
     assert _stride([question], [context], tokenizer, DataArguments(train_file=path, validation_file=path,
                    max_seq_length=32), "train") == 32 // 3  # fmt: skip
     long_question = " ".join(["what"] * 20)  # 20 + 3 special tokens leave 9 context tokens in a 32-token window
-    with caplog.at_level("WARNING", logger="hf_distill.task_data"):
+    with caplog.at_level("WARNING", logger="hf_distill.tasks.question_answering"):
         stride = _stride([long_question], [context], tokenizer, DataArguments(train_file=path, validation_file=path,
                          max_seq_length=32), "train")  # fmt: skip
     assert stride == 9 // 2 and "instead of the default 10" in caplog.text
