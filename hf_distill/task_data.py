@@ -32,7 +32,7 @@ __all__ = ["TASK_CHOICES", "TaskData", "prepare_task_data", "resolve_task"]
 
 logger = logging.getLogger(__name__)
 
-TASK_CHOICES = tuple(name for task in TASKS.values() for name in task.command_names)
+TASK_CHOICES = (*TASKS, *(alias for task in TASKS.values() for alias in task.command_names[1:]))  # sentence-pair
 DEFAULT_TASK = SEQUENCE_CLASSIFICATION  # when neither --task nor the teacher's architectures name one
 
 

@@ -66,6 +66,16 @@ class Task:
     def __repr__(self) -> str:
         return f"{type(self).__name__}(name={self.name!r})"
 
+    # One object per task, compared by identity: copies and pickles resolve to the registered one.
+    def __copy__(self) -> Task:
+        return self
+
+    def __deepcopy__(self, memo: dict) -> Task:
+        return self
+
+    def __reduce__(self) -> tuple:
+        return get_task, (self.name,)
+
     # ---- models ------------------------------------------------------------------------------------------------
 
     def check_models(self, student: Any, teacher: Any) -> None:
