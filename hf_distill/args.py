@@ -3,21 +3,25 @@
 from __future__ import annotations
 
 import copy
+import dataclasses
 import functools
+import json
 import math
 import warnings
 from dataclasses import dataclass, field
+from typing import Any
 
 from transformers import TrainingArguments
 
+from . import terms
 from .engines import TEACHER_DTYPES
-from .recipes import DEFAULTS, RECIPES, resolve_loss_settings
+from .recipes import DEFAULTS, RECIPES, defaults, resolve_loss_settings
 
 __all__ = ["ATTENTION_LOSSES", "DistillationArguments", "HIDDEN_LOSSES", "RELATION_LOSSES"]
 
-ATTENTION_LOSSES = ("mse", "kl", "score_mse")
-HIDDEN_LOSSES = ("mse", "cosine")
-RELATION_LOSSES = ("value", "qkv")
+ATTENTION_LOSSES = terms.get_term("loss_attn").kinds["attention_loss"]
+HIDDEN_LOSSES = terms.get_term("loss_hidden").kinds["hidden_loss"]
+RELATION_LOSSES = terms.get_term("loss_relation").kinds["relation_loss"]
 
 
 def _shown_default(text: str) -> str:
@@ -77,6 +81,9 @@ class DistillationArguments(TrainingArguments):
             the Q-Q, K-K and V-V relation KLs over `relation_heads` relation heads (any widths and head counts).
         relation_heads (`int`, *optional*):
             Relation heads for `"qkv"`; must divide both widths. Default: the teacher's attention head count.
+        term_settings (`dict`, *optional*):
+            The weights and kinds of loss terms added with `hf_distill.terms.register_term`, by setting name (e.g.
+            `{"logit_mse_weight": 0.5}`); unset ones take the term's defaults. The built-in terms use the fields above.
         skip_nonfinite_steps (`bool`, *optional*, defaults to `False`):
             On a NaN/inf loss term, skip that optimizer step (no update) with a warning instead of stopping training.
         allow_resume_with_different_settings (`bool`, *optional*, defaults to `False`):
@@ -203,6 +210,13 @@ class DistillationArguments(TrainingArguments):
             + _shown_default("the teacher's attention heads")
         },
     )
+    term_settings: dict[str, Any] | str | None = field(
+        default=None,
+        metadata={
+            "help": "Settings of loss terms added with hf_distill.terms.register_term, as JSON, e.g. "
+            "'{\"logit_mse_weight\": 0.5}' (the built-in terms have their own flags)."
+        },
+    )
     skip_nonfinite_steps: bool = field(
         default=False,
         metadata={"help": "On a NaN/inf loss term, skip that optimizer step (no update) instead of stopping."},
@@ -287,32 +301,33 @@ class DistillationArguments(TrainingArguments):
         self._validate_distillation()
 
     def _validate_distillation(self) -> None:
-        given = {name: getattr(self, name) for name in DEFAULTS}
+        extra = self._registered_term_settings()
+        given = {name: getattr(self, name) if name in _FIELDS else extra.get(name) for name in defaults()}
         for name, value in resolve_loss_settings(self.recipe, given).items():
-            setattr(self, name, value)
+            if name in _FIELDS:
+                setattr(self, name, value)
+            else:
+                extra[name] = value
+        self.term_settings = extra or None
         if not isinstance(self.temperature, (int, float)) or not math.isfinite(self.temperature):
             raise ValueError(f"`temperature` must be a finite number > 0, got {self.temperature!r}. Try 4.0.")
         if self.temperature <= 0:
             raise ValueError(f"`temperature` must be > 0, got {self.temperature}. Try 4.0 (Hinton recommends 1-10).")
-        for name in ("alpha", "beta", "gamma", "hidden_weight", "relation_weight"):
-            value = getattr(self, name)
+        weights = [term.weight for term in terms.registered_terms()]
+        for name in weights:
+            value = self.setting(name)
             if not isinstance(value, (int, float)) or not math.isfinite(value) or value < 0:
                 raise ValueError(f"`{name}` must be a finite number >= 0, got {value!r}.")
         if not any(self.term_weights().values()):
+            names = ", ".join(f"`{name}`" for name in weights[:-1]) + f" and `{weights[-1]}`"
             raise ValueError(
-                "`alpha`, `beta`, `gamma`, `hidden_weight` and `relation_weight` are all 0: there is nothing to train "
-                "on. Set at least one loss weight > 0, e.g. alpha=0.1 beta=0.5 gamma=0.4."
+                f"{names} are all 0: there is nothing to train on. Set at least one loss weight > 0, e.g. alpha=0.1 "
+                "beta=0.5 gamma=0.4."
             )
-        if self.attention_loss not in ATTENTION_LOSSES:
-            raise ValueError(
-                f"`attention_loss` must be one of {', '.join(ATTENTION_LOSSES)}, got {self.attention_loss!r}."
-            )
-        if self.hidden_loss not in HIDDEN_LOSSES:
-            raise ValueError(f"`hidden_loss` must be one of {', '.join(HIDDEN_LOSSES)}, got {self.hidden_loss!r}.")
-        if self.relation_loss not in RELATION_LOSSES:
-            raise ValueError(
-                f"`relation_loss` must be one of {', '.join(RELATION_LOSSES)}, got {self.relation_loss!r}."
-            )
+        for term in terms.registered_terms():
+            for kind, allowed in term.kinds.items():
+                if self.setting(kind) not in allowed:
+                    raise ValueError(f"`{kind}` must be one of {', '.join(allowed)}, got {self.setting(kind)!r}.")
         if self.relation_heads is not None and (
             isinstance(self.relation_heads, bool)
             or not isinstance(self.relation_heads, int)
@@ -342,18 +357,47 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(
                 f"`teacher_dtype` must be one of {', '.join(TEACHER_DTYPES)} (or unset), got {self.teacher_dtype!r}."
             )
-        needs_teacher = (
-            ("gamma", "attention maps"),
-            ("hidden_weight", "hidden states"),
-            ("relation_weight", "projections"),
-        )
-        for name, needs in needs_teacher:
-            if self.teacher_cache_dir is not None and getattr(self, name) > 0:
+        for term in terms.active_terms(self.setting) if self.teacher_cache_dir is not None else ():
+            needs = term.needs_for(self.setting)
+            internals = " and ".join(dict.fromkeys(v for k, v in terms.TEACHER_INTERNALS.items() if k in needs))
+            if internals:
+                name = term.weight
                 raise ValueError(
-                    f"`teacher_cache_dir` caches the teacher's logits only, but {name}={getattr(self, name)} needs "
-                    f"the teacher's {needs} at every step, so the teacher would run anyway and the cache would save "
-                    f"nothing. Set {name}=0 to use the cache, or leave teacher_cache_dir unset."
+                    f"`teacher_cache_dir` caches the teacher's logits only, but {name}={self.setting(name)} needs "
+                    f"the teacher's {internals} at every step, so the teacher would run anyway and the cache would "
+                    f"save nothing. Set {name}=0 to use the cache, or leave teacher_cache_dir unset."
                 )
+
+    def _registered_term_settings(self) -> dict[str, Any]:
+        """`term_settings` as a dict (the command line gives JSON), every key a setting of a registered term."""
+        extra = self.term_settings
+        if isinstance(extra, str):
+            try:
+                extra = json.loads(extra)
+            except ValueError as error:
+                raise ValueError(f"`term_settings` must be a JSON object, got {extra!r} ({error}).") from error
+        if extra is not None and not isinstance(extra, dict):
+            raise ValueError(f"`term_settings` must be a dict of setting name to value, got {extra!r}.")
+        extra = dict(extra or {})
+        for term in terms.registered_terms():
+            taken = sorted(_FIELDS.intersection(term.settings)) if term.name not in terms.BUILT_IN_TERMS else []
+            if taken:
+                raise ValueError(f"loss term {term.name!r} names its settings {taken} like fields of "
+                                 "DistillationArguments; give them names of their own.")  # fmt: skip
+        known = [name for name in terms.setting_names() if name not in _FIELDS]
+        for name in sorted(set(extra) - set(known)):
+            where = f"set it as {name}=..., not in term_settings" if name in _FIELDS else "register its term first"
+            raise ValueError(
+                f"`term_settings` has {name!r}, which is no setting of a term added with "
+                f"hf_distill.terms.register_term ({', '.join(known) or 'none is registered'}): {where}."
+            )
+        return extra
+
+    def setting(self, name: str) -> Any:
+        """A loss setting by name: a field for the built-in terms (`gamma`), else from `term_settings`."""
+        if name in _FIELDS:
+            return getattr(self, name)
+        return (self.term_settings or {}).get(name)
 
     def _validate_student_layers(self) -> None:
         """`student_num_layers` / `student_layers`: a positive count, a list of indices, and the two in agreement."""
@@ -400,33 +444,22 @@ class DistillationArguments(TrainingArguments):
         return new
 
     def distillation_settings(self) -> dict:
-        """The distillation fields (not the generic training ones), as saved in `distillation_config.json`."""
-        return {
-            "recipe": self.recipe,
-            "temperature": self.temperature,
-            "alpha": self.alpha,
-            "beta": self.beta,
-            "gamma": self.gamma,
-            "attention_loss": self.attention_loss,
-            "hidden_weight": self.hidden_weight,
-            "hidden_loss": self.hidden_loss,
-            "relation_weight": self.relation_weight,
-            "relation_loss": self.relation_loss,
-            "relation_heads": self.relation_heads,
-            "layer_map": self.layer_map,
-        }
+        """The distillation fields (not the generic training ones), as saved in `distillation_config.json`.
+
+        Settings of registered terms (`term_settings`) come under `term_settings`, only when there are some."""
+        settings = {"recipe": self.recipe}
+        settings.update({name: getattr(self, name) for name in terms.setting_names() if name in _FIELDS})
+        settings["layer_map"] = self.layer_map
+        if self.term_settings:
+            settings["term_settings"] = dict(self.term_settings)
+        return settings
 
     def term_weights(self) -> dict[str, float]:
         """The weight of each logged loss term (`loss_ce`, `loss_kd`, `loss_attn`, ...) in the total."""
-        return {
-            "loss_ce": self.alpha,
-            "loss_kd": self.beta,
-            "loss_attn": self.gamma,
-            "loss_hidden": self.hidden_weight,
-            "loss_relation": self.relation_weight,
-        }
+        return {term.name: self.setting(term.weight) for term in terms.registered_terms()}
 
 
+_FIELDS = frozenset(f.name for f in dataclasses.fields(DistillationArguments))
 _dataclass_init = DistillationArguments.__init__
 
 

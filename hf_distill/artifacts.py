@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from .terms import loss_formula
+
 __all__ = [
     "CONFIG_NAME",
     "HISTORY_NAME",
@@ -30,10 +32,8 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "distillation_config.json"
 HISTORY_NAME = "training_history.json"
-LOSS_FORMULA = (
-    "alpha * CE(s, y) + beta * T^2 * KL(softmax(t/T) || softmax(s/T)) + gamma * L_attn + hidden_weight * L_hidden"
-    " + relation_weight * L_relation"
-)
+# The built-in terms' formula; a record carries the formula of every registered term (`hf_distill.terms`).
+LOSS_FORMULA = loss_formula()
 
 
 @dataclass
@@ -41,7 +41,7 @@ class DistillationRecord:
     """The lineage and settings of a distilled student, as saved in `distillation_config.json`."""
 
     method: str = "knowledge_distillation"
-    loss_formula: str = LOSS_FORMULA
+    loss_formula: str = field(default_factory=loss_formula)
     kd_loss_convention: str = "KL(teacher || student) at temperature T, multiplied by T^2 (Hinton et al., 2015)"
     teacher_model: str | None = None
     teacher_architecture: str | None = None
@@ -66,6 +66,7 @@ class DistillationRecord:
     relation_loss: str | None = None
     relation_heads: int | None = None
     layer_map: list[int] | None = None
+    term_settings: dict[str, Any] | None = None  # settings of terms added with hf_distill.terms.register_term
     learning_rate: float | None = None
     per_device_train_batch_size: int | None = None
     gradient_accumulation_steps: int | None = None
@@ -84,7 +85,14 @@ class DistillationRecord:
     versions: dict[str, str] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        data = dataclasses.asdict(self)
+        if data["term_settings"] is None:  # only runs with registered terms save it: older readers never see it
+            del data["term_settings"]
+        return data
+
+    def settings(self) -> dict[str, Any]:
+        """Every loss setting by name: the fields, and those of registered terms (`term_settings`) beside them."""
+        return {**self.to_dict(), **(self.term_settings or {})}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> DistillationRecord:

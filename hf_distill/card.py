@@ -22,6 +22,7 @@ from huggingface_hub.utils import validate_repo_id
 from .artifacts import CONFIG_NAME, DistillationRecord, atomic_write_text, load_distillation_config, training_history
 from .recipes import RECIPES
 from .tasks import task_of_class
+from .terms import registered_terms
 
 __all__ = [
     "CARD_NAME",
@@ -46,11 +47,10 @@ _REPORT_ROWS = (
 )
 _NOT_METRICS = ("runtime", "samples_per_second", "steps_per_second", "model_preparation_time", "epoch", "step")
 _PACKAGED_BUILDERS = {"csv", "json", "pandas", "parquet", "arrow", "text", "generator", "webdataset", "xml"}
-# What a lineage step keeps of the teacher's own record (plus `model`, the teacher's path).
+# What a lineage step keeps of the teacher's own record (plus `model`, the teacher's path), before its loss settings.
 _LINEAGE_KEYS = (
     "teacher_model student_architecture task student_num_parameters student_num_layers teacher_num_parameters recipe "
-    "compression_ratio student_layers_from_teacher temperature alpha beta gamma attention_loss hidden_weight "
-    "hidden_loss hidden_projection relation_weight relation_loss relation_heads layer_map"
+    "compression_ratio student_layers_from_teacher"
 ).split()
 _CITATION = """```bibtex
 @article{hinton2015distilling,
@@ -111,8 +111,15 @@ def teacher_lineage(teacher_name_or_path: str | None) -> list[dict[str, Any]]:
             "Cannot read the teacher's %s in %s (%s); lineage not recorded.", CONFIG_NAME, teacher_name_or_path, error
         )
         return []
-    step = {"model": str(teacher_name_or_path)} | {key: getattr(record, key) for key in _LINEAGE_KEYS}
-    return [step, *record.teacher_lineage]
+    return [_lineage_step(str(teacher_name_or_path), record), *record.teacher_lineage]
+
+
+def _lineage_step(model: str, record: DistillationRecord) -> dict[str, Any]:
+    """A teacher's record as a lineage step: who it is, its sizes and every loss setting (`hf_distill.terms`)."""
+    fields = set(record.to_dict())
+    terms = [name for term in registered_terms() for name in (*term.settings, *term.recorded) if name in fields]
+    step = {"model": model} | {key: getattr(record, key) for key in [*_LINEAGE_KEYS, *terms, "layer_map"]}
+    return step | ({"term_settings": record.term_settings} if record.term_settings else {})
 
 
 def load_report(directory: str | os.PathLike) -> dict[str, Any]:
@@ -278,41 +285,22 @@ def _architecture(r: DistillationRecord) -> str:
     return "\n\n".join(section for section in sections if section)
 
 
+class _Formatted(dict):
+    """Setting values formatted for the card; a setting the record lacks (an older run) reads "n/a"."""
+
+    def __missing__(self, key: str) -> str:
+        return "n/a"
+
+
 def _loss(r: DistillationRecord) -> str:
-    t = r.temperature
-    attention = {
-        "kl": "per-head KL between attention distributions (MiniLM)",
-        "score_mse": "per-head MSE between pre-softmax attention scores (TinyBERT)",
-    }.get(r.attention_loss, "MSE between head-averaged attention maps")
-    hidden = ""
-    if r.hidden_weight:
-        projection = (
-            f" The student's states go through a learned projection ({r.hidden_projection}), trained with the "
-            "student and not part of this model."
-        )
-        hidden = (
-            " L_hidden is the MSE between the embedding outputs and between each student layer's output and its "
-            "mapped teacher layer's output, averaged (TinyBERT/PKD)." + (projection if r.hidden_projection else "")
-            if r.hidden_loss == "mse"
-            else " L_hidden is 1 - cosine similarity of the last layer's hidden states (DistilBERT)."
-        )
+    """The loss formula with the run's values, and a sentence per term, for every term the registry declares."""
+    values = r.settings()
+    shown = [term for term in registered_terms() if term.on_card_at_zero or values.get(term.weight)]
+    formatted = _Formatted({name: _fmt(value) for name, value in values.items()})
     return (
-        "## Distillation loss\n\n```\n"
-        f"L = {r.loss_formula}\n"
-        f"  = {_fmt(r.alpha)} * CE + {_fmt(r.beta)} * {_fmt(t)}^2 * KL(softmax(t/{_fmt(t)}) || softmax(s/{_fmt(t)}))"
-        f" + {_fmt(r.gamma)} * L_attn[{r.attention_loss}]"
-        + (f" + {_fmt(r.hidden_weight)} * L_hidden[{r.hidden_loss}]" if r.hidden_weight else "")
-        + (f" + {_fmt(r.relation_weight)} * L_relation[{r.relation_loss}]" if r.relation_weight else "")
-        + "\n```\n\n"
-        f"CE is the hard-label cross-entropy, KL the soft-label term ({r.kd_loss_convention}), and L_attn the "
-        f"{attention} of each student layer and its mapped teacher layer (layer map above), averaged over layers."
-        + hidden
-        + (
-            " L_relation is the KL between the teacher's and the student's self-relations of the last layer "
-            + ("(values, MiniLM)." if r.relation_loss == "value" else "(queries, keys and values, MiniLMv2).")
-            if r.relation_weight
-            else ""
-        )
+        f"## Distillation loss\n\n```\nL = {r.loss_formula}\n"
+        f"  = {' + '.join(term.card_formula().format_map(formatted) for term in shown)}\n```\n\n"
+        + " ".join(term.card_sentence(values) for term in shown)
         + (f"\n\nSettings from the `{r.recipe}` recipe ({RECIPES[r.recipe].paper})." if r.recipe in RECIPES else "")
     )
 

@@ -3,8 +3,9 @@
 `Trainer` alone lets a NaN loss through: with `logging_nan_inf_filter` (the default) it even hides it from the logs,
 while the NaN gradients still reach the optimizer and the next checkpoint saves the ruined weights.
 
-[`NonFiniteLossGuard`] is a callback the trainer installs. `compute_loss` hands it the summed per-example value of
-each weighted term (`loss_ce`, `loss_kd`, `loss_attn`); just before `optimizer.step()` it reads them once, so the
+[`NonFiniteLossGuard`] is a callback the trainer installs. It reads the term meter (`hf_distill.term_meter`), to
+which `compute_loss` hands the summed per-example value of each weighted term (`loss_ce`, `loss_kd`, `loss_attn`,
+...); just before `optimizer.step()` it reads them once, so the
 check costs one host sync per optimizer step, not one per micro-batch (`Trainer` already syncs once per
 micro-batch for its own NaN filter), and one all-reduce of three numbers under data parallelism so that every
 process takes the same decision. A sum is finite only if every example's value is finite.
@@ -23,13 +24,13 @@ from __future__ import annotations
 
 import logging
 import math
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable
+from typing import Any
 
 import torch
 from transformers import TrainerCallback
 
-if TYPE_CHECKING:
-    from .trainer import DistillationTrainer
+from .term_meter import TermMeter
 
 __all__ = ["NonFiniteLossError", "NonFiniteLossGuard"]
 
@@ -46,24 +47,17 @@ class NonFiniteLossGuard(TrainerCallback):
     """Checks the weighted loss terms of each optimizer step for NaN/inf (see the module docstring).
 
     Args:
-        trainer (`DistillationTrainer`): the trainer whose steps are guarded.
+        meter (`TermMeter`): the meter `compute_loss` fills; the guard reads each step's weighted term sums from it.
+        accelerator (`accelerate.Accelerator`): sums the check across processes; its gradient scaler, if any.
+        optimizer (`Callable[[], torch.optim.Optimizer]`): returns the optimizer (made only when training starts).
     """
 
-    def __init__(self, trainer: DistillationTrainer) -> None:
-        self.trainer = trainer
+    def __init__(self, meter: TermMeter, accelerator: Any, optimizer: Callable[[], torch.optim.Optimizer]) -> None:
+        self.meter = meter
+        self.accelerator = accelerator
+        self.optimizer = optimizer
         self.skipped = 0
         self._counted = False
-        self._step_sums: dict[str, torch.Tensor] = {}
-        self._window: dict[str, list[torch.Tensor]] = {}
-
-    def observe(self, terms: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Called by `compute_loss` in training with `{term: (per-example values, counts)}`; no host sync."""
-        args = self.trainer.args
-        weights = args.term_weights()
-        for name, (total, _) in terms.items():
-            if weights.get(name, 0) > 0:
-                total = total.detach().float().sum()
-                self._step_sums[name] = self._step_sums[name] + total if name in self._step_sums else total
 
     def log_items(self) -> dict[str, int]:
         return {SKIPPED_KEY: self.skipped} if self.skipped else {}
@@ -72,25 +66,22 @@ class NonFiniteLossGuard(TrainerCallback):
 
     def on_train_begin(self, args, state, control, **kwargs: Any) -> None:
         self._counted = False
-        self._step_sums.clear()
+        self.meter.begin_step()
 
     def on_step_begin(self, args, state, control, **kwargs: Any) -> None:
         if not self._counted:  # on resume, `state.log_history` now comes from the checkpoint: continue its count
             self.skipped = max((entry.get(SKIPPED_KEY, 0) for entry in state.log_history), default=0)
             self._counted = True
-        self._step_sums.clear()
-        # The per-term logging window, as it was before this step, to restore if the step is skipped.
-        sums = self.trainer._term_sums["train"]
-        self._window = {name: [t.clone() for t in pair] for name, pair in sums.items()}
+        self.meter.begin_step()  # also keeps the logging window as it is, to restore if the step is skipped
 
     def on_pre_optimizer_step(self, args, state, control, **kwargs: Any) -> None:
-        if not self._step_sums:
+        sums = self.meter.take_step_sums()
+        if not sums:
             return
-        names = list(self._step_sums)
-        values = torch.stack([self._step_sums[n] for n in names])
-        self._step_sums.clear()
+        names = list(sums)
+        values = torch.stack([sums[n] for n in names])
         if args.world_size > 1:
-            values = self.trainer.accelerator.reduce(values, reduction="sum")
+            values = self.accelerator.reduce(values, reduction="sum")
         bad = {n: v for n, v in zip(names, values.tolist()) if not math.isfinite(v)}  # the one sync per step
         if not bad:
             return
@@ -104,16 +95,15 @@ class NonFiniteLossGuard(TrainerCallback):
                 "check the inputs of this step, or set skip_nonfinite_steps=True to skip such steps."
             )
         self._drop_gradients()
-        self.trainer._term_sums["train"].clear()
-        self.trainer._term_sums["train"].update(self._window)
+        self.meter.forget_step()
         self.skipped += 1
         logger.warning(
             "Skipping optimizer step %d: non-finite loss (%s); %d step(s) skipped so far.", step, what, self.skipped
         )
 
     def _drop_gradients(self) -> None:
-        scaler = getattr(self.trainer.accelerator, "scaler", None)
-        for group in self.trainer.optimizer.param_groups:
+        scaler = getattr(self.accelerator, "scaler", None)
+        for group in self.optimizer().param_groups:
             for param in group["params"]:
                 if param.grad is None:
                     continue

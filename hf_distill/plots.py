@@ -10,16 +10,16 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .terms import registered_terms
+
 __all__ = ["PLOT_NAME", "plot_training_curves"]
 
 PLOT_NAME = "training_curves.png"
-_TERMS = (
-    ("loss_ce", "CE (hard labels)"),
-    ("loss_kd", "KD (T^2 KL)"),
-    ("loss_attn", "attention"),
-    ("loss_hidden", "hidden states"),
-    ("loss_relation", "self-relations"),
-)
+
+
+def _terms() -> list[tuple[str, str]]:
+    """`(logged key, label)` of every registered loss term (`hf_distill.terms`)."""
+    return [(term.name, term.label) for term in registered_terms()]
 
 
 def _series(entries: list[dict[str, Any]], key: str) -> tuple[list[float], list[float]]:
@@ -64,11 +64,11 @@ def plot_training_curves(
     ax.set_title("Total loss")
 
     ax = axes[0][1]
-    for key, label in _TERMS:
+    for key, label in _terms():
         steps, values = _series(train, key)
         if steps:
             ax.plot(steps, values, marker=".", label=label)
-    if all(v > 0 for key, _ in _TERMS for v in _series(train, key)[1]) and train:
+    if all(v > 0 for key, _ in _terms() for v in _series(train, key)[1]) and train:
         ax.set_yscale("log")
     ax.set_title("Loss terms, unweighted (training)")
 

@@ -11,13 +11,18 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-__all__ = ["DEFAULTS", "RECIPES", "Recipe", "resolve_loss_settings"]
+from .terms import registered_terms
 
-# The library's defaults (the lab notebook's printed formula), used for whatever neither the user nor a recipe sets.
-DEFAULTS: dict[str, Any] = dict(
-    temperature=4.0, alpha=0.1, beta=0.5, gamma=0.4, attention_loss="mse",
-    hidden_weight=0.0, hidden_loss="mse", relation_weight=0.0, relation_loss="qkv",
-)  # fmt: skip
+__all__ = ["DEFAULTS", "RECIPES", "Recipe", "defaults", "resolve_loss_settings"]
+
+
+def defaults() -> dict[str, Any]:
+    """The library's default of every loss setting, as each term declares it (`hf_distill.terms`)."""
+    return {name: value for term in registered_terms() for name, value in term.defaults.items()}
+
+
+# The built-in terms' defaults (the lab notebook's printed formula), for whatever neither the user nor a recipe sets.
+DEFAULTS: dict[str, Any] = defaults()
 
 
 class Recipe(NamedTuple):
@@ -89,5 +94,5 @@ def resolve_loss_settings(recipe: str | None, given: dict[str, Any]) -> dict[str
     """
     if recipe is not None and recipe not in RECIPES:
         raise ValueError(f"`recipe` must be one of {', '.join(RECIPES)} (or unset), got {recipe!r}.")
-    chosen = DEFAULTS | (RECIPES[recipe].settings if recipe else {})
-    return {name: given[name] if given.get(name) is not None else chosen[name] for name in DEFAULTS}
+    chosen = defaults() | (RECIPES[recipe].settings if recipe else {})
+    return {name: given[name] if given.get(name) is not None else chosen[name] for name in chosen}

@@ -14,32 +14,26 @@ import re
 from pathlib import Path
 
 from .artifacts import CONFIG_NAME, DistillationRecord
+from .terms import registered_terms
 
-__all__ = ["RESUME_SETTINGS", "check_resume_settings", "resolve_checkpoint"]
+__all__ = ["RESUME_SETTINGS", "check_resume_settings", "resolve_checkpoint", "resume_settings"]
 
 logger = logging.getLogger(__name__)
 
 TRAINER_STATE_NAME = "trainer_state.json"
 _CHECKPOINT_RE = re.compile(r"^checkpoint-(\d+)$")
-# Fields of `distillation_config.json` that must match for a resumed run to continue the same distillation.
-RESUME_SETTINGS = (
-    "teacher_model",
-    "teacher_architecture",
-    "teacher_num_parameters",
-    "teacher_num_layers",
-    "temperature",
-    "alpha",
-    "beta",
-    "gamma",
-    "attention_loss",
-    "hidden_weight",
-    "hidden_loss",
-    "hidden_projection",
-    "relation_weight",
-    "relation_loss",
-    "relation_heads",
-    "layer_map",
-)
+_TEACHER_SETTINGS = ("teacher_model", "teacher_architecture", "teacher_num_parameters", "teacher_num_layers")
+
+
+def resume_settings() -> tuple[str, ...]:
+    """Settings that must match for a resumed run to continue the same distillation: the teacher, each registered
+    term's settings and what the trainer records about it (`hf_distill.terms`), and the layer map."""
+    per_term = [name for term in registered_terms() for name in (*term.settings, *term.recorded)]
+    return tuple(dict.fromkeys([*_TEACHER_SETTINGS, *per_term, "layer_map"]))
+
+
+# The fields of `distillation_config.json` checked for the built-in terms.
+RESUME_SETTINGS = resume_settings()
 
 
 def _is_complete(checkpoint: Path) -> bool:
@@ -89,7 +83,7 @@ def resolve_checkpoint(resume_from_checkpoint: str | os.PathLike | bool | None, 
 
 
 def check_resume_settings(checkpoint: str | os.PathLike, current: DistillationRecord, allow: bool = False) -> None:
-    """Refuse to resume a run whose distillation settings (`RESUME_SETTINGS`) differ from the checkpoint's.
+    """Refuse to resume a run whose distillation settings (`resume_settings()`) differ from the checkpoint's.
 
     Raises:
         `ValueError` listing each differing setting, unless `allow` (then a warning).
@@ -100,10 +94,10 @@ def check_resume_settings(checkpoint: str | os.PathLike, current: DistillationRe
     except (OSError, ValueError):
         logger.warning("%s is missing or unreadable: cannot check that the distillation settings match.", file)
         return
-    now = current.to_dict()
+    now, saved = current.settings(), {**saved, **(saved.get("term_settings") or {})}
     diffs = [
         f"{key}: checkpoint {saved[key]!r}, now {now[key]!r}"
-        for key in RESUME_SETTINGS
+        for key in resume_settings()
         if saved.get(key) is not None and now.get(key) is not None and saved[key] != now[key]
     ]
     if not diffs:

@@ -18,7 +18,7 @@ from torch import nn
 from transformers import PreTrainedModel, Trainer
 from transformers.trainer_utils import get_last_checkpoint
 
-from . import checks, engines, losses, tasks, teacher_cache
+from . import checks, engines, tasks, teacher_cache, terms
 from .args import DistillationArguments
 from .artifacts import CONFIG_NAME, HISTORY_NAME, DistillationRecord, library_versions, write_artifacts
 from .attention import AttentionRecorder, ProjectionRecorder
@@ -28,18 +28,14 @@ from .lm_head import ProjectionCapture, fused_projection_problem
 from .modeling import check_teacher_layers, count_layers, count_parameters, default_layer_map, num_layers
 from .projection import HiddenProjection, ZeroGradAfterStep, add_to_optimizer, average_gradients
 from .student import build_student
+from .term_meter import TermMeter
 
 __all__ = ["DistillationTrainer", "load_teacher"]
 
 logger = logging.getLogger(__name__)
 
-_TERMS = ("loss_ce", "loss_kd", "loss_attn", "loss_hidden", "loss_relation")
-_OUTPUT_TERMS = ("loss_ce", "loss_kd")  # normalised over the task's units (examples or tokens), the rest over examples
-_ATTENTION_LOSS_FUNCTIONS = {
-    "mse": losses.attention_mse_loss,
-    "kl": losses.attention_kl_loss,
-    "score_mse": losses.attention_score_mse_loss,
-}
+# The model internals a term can need; when an active term needs one, the teacher runs even with a logits cache.
+_INTERNALS = frozenset({"attention_maps", "attention_scores", "hidden_states", "relations"})
 
 
 def load_teacher(
@@ -107,9 +103,11 @@ class DistillationTrainer(Trainer):
                 "`optimizers` unset (choose it with `optim` / `optim_args`), or build the student yourself."
             )
         model, teacher_model, self.teacher_name_or_path = _student_and_teacher(model, teacher_model, args)
+        # The active loss terms (hf_distill/terms.py) and what they need from the models, read once.
+        self._terms, self._needs = terms.active_terms(args.setting), terms.needs_of(args.setting)
         self.task = _check_tasks(model, teacher_model)
-        self.layer_map = _check_pair(model, teacher_model, args)
-        widths = _projection_widths(model, teacher_model, args)  # (student, teacher) when L_hidden needs a W_h
+        self.layer_map = _check_pair(model, teacher_model, args, self._needs)
+        widths = _projection_widths(model, teacher_model, args, self._needs)  # (student, teacher) when W_h is needed
         if widths is not None and (kwargs.get("optimizers") or (None, None))[0] is not None:
             raise ValueError(
                 f"hidden_weight={args.hidden_weight} with hidden sizes {widths[0]} (student) and {widths[1]} "
@@ -138,26 +136,26 @@ class DistillationTrainer(Trainer):
         teacher_parameters = set(inspect.signature(self.teacher_model.forward).parameters)
         self._teacher_input_names = teacher_parameters - set(self.task.label_names)  # the teacher computes no loss
         self._student_recorder = self._teacher_recorder = None
-        if args.gamma > 0:
-            scores = args.attention_loss == "score_mse"  # TinyBERT compares scores, not probabilities
+        if self._needs & {"attention_maps", "attention_scores"}:
+            scores = "attention_scores" in self._needs  # TinyBERT compares scores, not probabilities
             self._student_recorder = AttentionRecorder(model, list(range(len(self.layer_map))), scores=scores)
             self._teacher_recorder = AttentionRecorder(self.teacher_model, self.layer_map, scores=scores)
             _check_heads(args, self._student_recorder, self._teacher_recorder)
         self._student_projections = self._teacher_projections = None
-        if args.relation_weight > 0:  # MiniLM / MiniLMv2: the last student layer and its mapped teacher layer
+        if "relations" in self._needs:  # MiniLM / MiniLMv2: the last student layer and its mapped teacher layer
             self._student_projections = ProjectionRecorder(model, len(self.layer_map) - 1)
             self._teacher_projections = ProjectionRecorder(self.teacher_model, self.layer_map[-1])
             self._relation_heads = _relation_heads(args, self._student_projections, self._teacher_projections)
         self._student_capture = self._teacher_capture = None
         if self._fuses_lm_head(model, self.teacher_model):  # see hf_distill/lm_head.py
             self._student_capture, self._teacher_capture = ProjectionCapture(model), ProjectionCapture(teacher_model)
-        self._term_sums: dict[str, dict[str, list[torch.Tensor]]] = {"train": {}, "eval": {}}
+        self._term_meter = TermMeter(args.term_weights())  # per-term sums for the logs and the non-finite guard
         self._teacher_lineage = teacher_lineage(self.teacher_name_or_path)
         self._card_kwargs: dict[str, Any] = {}  # what the last create_model_card call was given, kept for later saves
         self._prior_training_seconds = 0.0
         self._train_started: float | None = None
         self._train_finished: float | None = None
-        self._loss_guard = NonFiniteLossGuard(self)
+        self._loss_guard = NonFiniteLossGuard(self._term_meter, self.accelerator, lambda: self.optimizer)
         self.add_callback(self._loss_guard)
 
     # ---- teacher ---------------------------------------------------------------------------------------------
@@ -196,11 +194,12 @@ class DistillationTrainer(Trainer):
         """The teacher's logits (`Task.logits`), attention maps of the mapped layers (gamma > 0), hidden states.
 
         With `relation_weight > 0` its projections are left in `self._teacher_projections`."""
+        hidden = "hidden_states" in self._needs
         if self.teacher_model.training:  # someone called .train() on it: dropout must stay off
             self.teacher_model.eval()
         teacher_inputs = {k: v for k, v in inputs.items() if k in self._teacher_input_names}
         teacher_inputs = engines.cast_floating_inputs(teacher_inputs, self._teacher_dtype)
-        if self.args.hidden_weight > 0:
+        if hidden:
             teacher_inputs["output_hidden_states"] = True
         recording = self._teacher_recorder.recording() if self._teacher_recorder else contextlib.nullcontext()
         projecting = self._teacher_projections.recording() if self._teacher_projections else contextlib.nullcontext()
@@ -211,7 +210,7 @@ class DistillationTrainer(Trainer):
             outputs = self._teacher_runner(**teacher_inputs)
         maps = self._teacher_recorder.attention_maps() if self._teacher_recorder else None
         logits = (self._teacher_capture.logits(),) if fused else self.task.logits(outputs)
-        return logits, maps, _layer_states(outputs) if self.args.hidden_weight > 0 else None
+        return logits, maps, _layer_states(outputs) if hidden else None
 
     # ---- teacher-output cache (opt-in, gamma = 0): see hf_distill/teacher_cache.py --------------------------
 
@@ -347,53 +346,54 @@ class DistillationTrainer(Trainer):
 
         recording = self._student_recorder.recording() if self._student_recorder else contextlib.nullcontext()
         projecting = self._student_projections.recording() if self._student_projections else contextlib.nullcontext()
-        if args.hidden_weight > 0:
+        needs, hidden = self._needs, "hidden_states" in self._needs
+        if hidden:
             student_inputs["output_hidden_states"] = True
+        outputs_in_loss = any(term.per_unit for term in self._terms)  # loss_ce or loss_kd: the logits count
         # fused: the heads' projections run inside the loss, a chunk of tokens at a time (hf_distill/lm_head.py)
-        fused = self._student_capture is not None and mode == "train" and (args.alpha > 0 or args.beta > 0)
+        fused = self._student_capture is not None and mode == "train" and outputs_in_loss
         capturing = self._student_capture.capturing() if fused else contextlib.nullcontext()
         with recording, projecting, capturing:
             outputs = model(**student_inputs)
         student_maps = self._student_recorder.attention_maps() if self._student_recorder else None
         layer_mask = _frame_mask(self.accelerator.unwrap_model(model), attention_mask)  # what the layers see
-        needs_internals = args.gamma > 0 or args.hidden_weight > 0 or args.relation_weight > 0  # maps, states
+        needs_internals = bool(needs & _INTERNALS)  # maps, states, projections: the teacher must run
         if cached_logits is not None and not needs_internals:
             teacher_logits, teacher_maps, teacher_hidden = (cached_logits,), None, None  # (B, C) or a TopKTeacher
-        elif args.beta > 0 or needs_internals:
+        elif "teacher_logits" in needs or needs_internals:
             teacher_logits, teacher_maps, teacher_hidden = self._teacher_forward(inputs, fused=fused)
         else:
             teacher_logits, teacher_maps, teacher_hidden = None, None, None
 
         student_logits = (self._student_capture.logits(),) if fused else task.logits(outputs)
         weights = args.term_weights()
-        terms, output_sum = task.output_terms(
+        values, output_sum = task.output_terms(
             student_logits[0] if fused else student_logits, teacher_logits, inputs, args.temperature, weights,
             training=mode == "train",
         )  # fmt: skip
         # name -> (per-example values, counts), each (B,); output terms are sums over each example's units
         batch = tasks.batch_size(inputs)
         ones = torch.ones(batch, device=output_sum.device)
-        if student_maps is not None:
-            attention_fn = _ATTENTION_LOSS_FUNCTIONS[args.attention_loss]
-            pairs = zip(student_maps, teacher_maps)
-            per_layer = [attention_fn(s, t, layer_mask, reduction="none") for s, t in pairs]
-            terms["loss_attn"] = (torch.stack(per_layer).mean(dim=0), ones)  # averaged over mapped layers
-        if teacher_hidden is not None:
-            terms["loss_hidden"] = (self._hidden_loss(_layer_states(outputs), teacher_hidden, layer_mask), ones)
-        if self._student_projections is not None:
-            terms["loss_relation"] = (self._relation_loss(layer_mask), ones)
-        example_sum = sum((weights[n] * v.sum() for n, (v, _) in terms.items() if n not in _OUTPUT_TERMS),
+        context = terms.TermContext(
+            settings=args.setting, mask=layer_mask, layer_map=self.layer_map, hidden_projection=self.hidden_projection,
+            relation_heads=getattr(self, "_relation_heads", None),
+            student=self._view(self._student_projections, outputs, student_logits, student_maps,
+                               _layer_states(outputs) if hidden else None),
+            teacher=self._view(self._teacher_projections, None, teacher_logits, teacher_maps, teacher_hidden),
+        )  # fmt: skip
+        for term in self._terms:  # the per-example terms, each from its own function (hf_distill/terms.py)
+            if not term.per_unit:
+                values[term.name] = (term.compute(context), ones)
+        example_sum = sum((weights[n] * v.sum() for n, (v, _) in values.items() if not terms.get_term(n).per_unit),
                           torch.zeros((), device=ones.device))  # fmt: skip
-        if mode == "train" and args.alpha == 0 and args.beta == 0:
+        if mode == "train" and not outputs_in_loss:
             # The logits are not in the loss, so the head would get no gradient and DDP would wait for it forever
             # (PITFALLS #7). A zero-valued dependency gives every student parameter a (zero) gradient.
             example_sum = example_sum + sum(0.0 * logits.float().sum() for logits in student_logits)
-        self._accumulate(mode, terms)
-        if mode == "train":
-            self._loss_guard.observe(terms)  # NaN/inf check once per optimizer step, see guards.py
+        self._accumulate(mode, values)  # for the logs, and the NaN/inf check once per optimizer step (guards.py)
 
-        if mode == "eval" and "loss_ce" in terms:
-            ce, counts = terms["loss_ce"]
+        if mode == "eval" and "loss_ce" in values:
+            ce, counts = values["loss_ce"]
             loss = ce.sum() / counts.sum().clamp_min(1)  # task loss, comparable with fine-tuning
         else:
             if mode == "train" and torch.is_tensor(num_items_in_batch) and num_items_in_batch.numel() == 2:
@@ -404,46 +404,17 @@ class DistillationTrainer(Trainer):
             if mode == "train" and num_items_in_batch is not None:
                 if args.average_tokens_across_devices and args.world_size > 1:
                     loss = loss * self.accelerator.num_processes  # DDP averages gradients over processes
-        if return_outputs and args.hidden_weight > 0:  # keep the hidden states out of the gathered predictions
+        if return_outputs and hidden:  # keep the hidden states out of the gathered predictions
             outputs = type(outputs)(**{k: v for k, v in outputs.items() if not k.endswith("hidden_states")})
         return (loss, outputs) if return_outputs else loss
 
-    def _hidden_loss(self, student_states: tuple, teacher_states: tuple, attention_mask: torch.Tensor | None):
-        """Per-example hidden-state loss: `mse` over embeddings and mapped layers (averaged), or `cosine` on the last.
-
-        `hidden_states[0]` is the embedding output and `hidden_states[i + 1]` the output of layer `i`. With unequal
-        widths the student's states go through `self.hidden_projection` first (TinyBERT's `W_e`, `W_h`).
-        """
-        if self.args.hidden_loss == "cosine":
-            return losses.hidden_cosine_loss(student_states[-1], teacher_states[-1], attention_mask, reduction="none")
-        pairs = [(0, 0)] + [(i + 1, t + 1) for i, t in enumerate(self.layer_map)]
-        project = self.hidden_projection if self.hidden_projection is not None else (lambda states, layer: states)
-        per_layer = [
-            losses.hidden_mse_loss(project(student_states[s], s), teacher_states[t], attention_mask, reduction="none")
-            for s, t in pairs
-        ]
-        return torch.stack(per_layer).mean(dim=0)  # (B,)
-
-    def _relation_loss(self, attention_mask: torch.Tensor | None) -> torch.Tensor:
-        """Per-example self-relation KL of the last student layer against its mapped teacher layer.
-
-        `value`: MiniLM's value relation. `qkv`: MiniLMv2's mean of the Q-Q, K-K and V-V relations.
-        """
-        student, teacher = self._student_projections.projections(), self._teacher_projections.projections()
-        names = ("value",) if self.args.relation_loss == "value" else ProjectionRecorder.NAMES
-        causal = self._teacher_projections.causal
-        if self._student_projections.causal != causal:
-            kinds = {True: "causal (a decoder)", False: "bidirectional"}
-            raise ValueError(
-                f"relation_weight={self.args.relation_weight}: the student's attention is "
-                f"{kinds[self._student_projections.causal]} but the teacher's is {kinds[causal]}, so their token "
-                "relations cover different tokens. Distil a decoder into a decoder, or set relation_weight=0."
-            )
-        per_kind = [
-            losses.relation_kl_loss(student[n], teacher[n], self._relation_heads, attention_mask, "none", causal)
-            for n in names
-        ]
-        return torch.stack(per_kind).mean(dim=0)  # (B,)
+    @staticmethod
+    def _view(projections: ProjectionRecorder | None, outputs, logits, maps, hidden_states) -> terms.ModelView:
+        """What one model gave for the batch, for the terms; its recorded projections are read here."""
+        view = terms.ModelView(outputs, logits, maps, hidden_states)
+        if projections is not None:
+            view.projections, view.causal = projections.projections(), projections.causal
+        return view
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device: torch.device):
         """Fetch the batches of one optimizer step and count, across all processes, their examples and their loss
@@ -458,33 +429,16 @@ class DistillationTrainer(Trainer):
 
     # ---- per-term metrics ------------------------------------------------------------------------------------
 
-    def _accumulate(self, mode: str, terms: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
-        """Add per-example term values and counts (each `(B,)`) to the running sums of `mode`."""
-        sums = self._term_sums[mode]
-        for name, (values, counts) in terms.items():
-            keep = engines.real_examples(self.accelerator, values.shape[0]) if mode == "eval" else values.shape[0]
-            total, count = values.detach()[:keep].float().sum(), counts.detach()[:keep].float().sum()
-            if name in sums:
-                sums[name][0] += total
-                sums[name][1] += count
-            else:
-                sums[name] = [total.clone(), count.clone()]
+    def _accumulate(self, mode: str, values: dict[str, tuple[torch.Tensor, torch.Tensor]]) -> None:
+        """Add per-example term values and counts (each `(B,)`) to the term meter's sums of `mode`."""
+        batch = next(iter(values.values()))[0].shape[0] if values else 0
+        keep = engines.real_examples(self.accelerator, batch) if mode == "eval" else None  # no padding repeats
+        self._term_meter.add(mode, values, keep)
 
     def _pop_term_means(self, mode: str) -> dict[str, float]:
         """Average each term over its units since the last call, across all processes (terms with no unit left out)."""
-        sums = self._term_sums[mode]
-        means = {}
-        for name in _TERMS:
-            if name not in sums:
-                continue
-            pair = torch.stack(sums[name]).to(self.args.device)
-            if self.args.world_size > 1:
-                pair = self.accelerator.reduce(pair, reduction="sum")
-            total, count = pair.tolist()
-            if count > 0:  # e.g. no labelled row in the window (a transfer set): no CE to report, rather than 0
-                means[name] = total / count
-        sums.clear()
-        return means
+        reduce = (lambda pair: self.accelerator.reduce(pair, reduction="sum")) if self.args.world_size > 1 else None
+        return self._term_meter.pop_means(mode, self.args.device, reduce)
 
     def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
         if "loss" in logs:  # a training log: add the terms averaged over the logging window
@@ -494,7 +448,7 @@ class DistillationTrainer(Trainer):
 
     def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
                         metric_key_prefix: str = "eval"):  # fmt: skip
-        self._term_sums["eval"].clear()
+        self._term_meter.clear("eval")
         output = super().evaluation_loop(dataloader, description, prediction_loss_only, ignore_keys, metric_key_prefix)
         means = self._pop_term_means("eval")
         for name, value in means.items():
@@ -663,7 +617,9 @@ def _check_tasks(student: nn.Module, teacher: nn.Module) -> tasks.Task:
     return task
 
 
-def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArguments) -> list[int] | None:
+def _check_pair(
+    student: nn.Module, teacher: nn.Module, args: DistillationArguments, needs: frozenset[str]
+) -> list[int] | None:
     """Validate teacher against student before any work is done; return the resolved layer map (None when no term
     compares layers: logit distillation needs no layer list, so it works on any model with a supported head)."""
     s_config, t_config = getattr(student, "config", None), getattr(teacher, "config", None)
@@ -687,7 +643,7 @@ def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArgume
             "W_h) for unequal widths, or a student of the teacher's width (build_student keeps it), or set "
             f"hidden_weight=0 (now {args.hidden_weight})."
         )
-    uses_layers = args.gamma > 0 or args.relation_weight > 0 or (args.hidden_weight > 0 and args.hidden_loss == "mse")
+    uses_layers = "layer_map" in needs
     try:
         student_layers, teacher_layers = num_layers(student), num_layers(teacher)
     except ValueError:
@@ -699,11 +655,13 @@ def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArgume
     return list(layer_map)
 
 
-def _projection_widths(student: nn.Module, teacher: nn.Module, args: DistillationArguments) -> tuple[int, int] | None:
+def _projection_widths(
+    student: nn.Module, teacher: nn.Module, args: DistillationArguments, needs: frozenset[str]
+) -> tuple[int, int] | None:
     """`(student, teacher)` hidden sizes when the MSE hidden-state term needs a learned projection, else None."""
     s_width = getattr(getattr(student, "config", None), "hidden_size", None)
     t_width = getattr(getattr(teacher, "config", None), "hidden_size", None)
-    if args.hidden_weight > 0 and args.hidden_loss == "mse" and s_width != t_width:
+    if "projection" in needs and s_width != t_width:
         if s_width is None or t_width is None:
             raise ValueError(
                 f"hidden_weight={args.hidden_weight} needs both models' config.hidden_size to size the hidden-state "
