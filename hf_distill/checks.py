@@ -25,6 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from .labels import IGNORE_INDEX, LABEL_COLUMNS
 from .resume import check_resume_settings, resolve_checkpoint
 
 if TYPE_CHECKING:
@@ -34,8 +35,6 @@ __all__ = ["before_train", "check_dataset", "check_models", "parse_config_file"]
 
 logger = logging.getLogger(__name__)
 
-LABEL_COLUMNS = ("labels", "label", "label_ids")
-IGNORE_INDEX = -100
 
 
 # ---- the teacher / student pair and the tokenizer ------------------------------------------------------------

@@ -24,6 +24,7 @@ from typing import Any
 from datasets import Dataset
 
 from .data import DataArguments, encode_labels, load_split, resolve_columns, tokenize
+from .labels import IGNORE_INDEX
 from .task_metrics import QAReferences
 from .tasks import TASKS, Task, task_of_class
 
@@ -247,7 +248,7 @@ def _encode_words(words: list[list[str]], word_labels: list[list[int]], tokenize
     for i, row in enumerate(word_labels):
         previous, row_labels = None, []
         for word in encoding.word_ids(i):
-            row_labels.append(-100 if word is None or word == previous else row[word])
+            row_labels.append(IGNORE_INDEX if word is None or word == previous else row[word])
             previous = word
         labels.append(row_labels)
     return Dataset.from_dict({**encoding, "labels": labels})
@@ -401,7 +402,7 @@ def _masked_lm(splits, args: DataArguments, tokenizer, config, pair: bool) -> Ta
     evaluation = encoded["validation"].remove_columns("input_ids").add_column(
         "input_ids", [r["input_ids"][0].tolist() for r in rows]
     ).add_column("labels", [r["labels"][0].tolist() for r in rows])  # fmt: skip
-    if not any(label != -100 for r in rows for label in r["labels"][0].tolist()):
+    if not any(label != IGNORE_INDEX for r in rows for label in r["labels"][0].tolist()):
         raise ValueError(
             f"masking {MLM_PROBABILITY:.0%} of the evaluation set's tokens left none masked: it is too small to "
             "score. Give more or longer evaluation texts (--validation_file, --max_eval_samples)."

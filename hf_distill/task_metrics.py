@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from .evaluation import load_metrics
+from .labels import IGNORE_INDEX
 from .losses import token_hard_label_loss
 from .tasks import Task
 
@@ -41,7 +42,7 @@ __all__ = [
     "task_metrics",
 ]
 
-IGNORE = -100
+IGNORE = IGNORE_INDEX
 _PUNCTUATION = set(string.punctuation)
 MAX_ANSWER_TOKENS = 30  # the longest predicted answer span, as in transformers' run_qa.py
 
