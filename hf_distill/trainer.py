@@ -238,7 +238,8 @@ class DistillationTrainer(Trainer):
     def _cached_teacher_logits(self, dataset):
         """The teacher's logits on `dataset`, row for row, from the cache or computed once and stored there."""
         seen = self._remove_unused_columns(dataset, description="teacher cache")  # exactly what the collator gets
-        precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
+        precision = engines.mixed_precision_of(self.args)
+        precision = "fp32" if precision == "no" else precision  # how cache keys have always spelled it
         precision += f"/teacher:{self._teacher_dtype}"  # a teacher cast to another dtype gives other logits
         top_k = self.task is tasks.CAUSAL_LM  # a top-k summary at T: both join the key
         extra = {"top_k": self.args.teacher_cache_top_k, "temperature": self.args.temperature} if top_k else None
