@@ -23,6 +23,7 @@ from .args import DistillationArguments
 from .artifacts import CONFIG_NAME, HISTORY_NAME, DistillationRecord, library_versions, write_artifacts
 from .attention import AttentionRecorder, ProjectionRecorder
 from .card import CARD_NAME, teacher_lineage, trainer_model_card, write_model_card
+from .errors import DistillationSettingError
 from .guards import NonFiniteLossGuard
 from .lm_head import ProjectionCapture, fused_projection_problem
 from .modeling import check_teacher_layers, count_layers, count_parameters, default_layer_map, num_layers
@@ -120,11 +121,12 @@ class DistillationTrainer(Trainer):
         checks.check_models(model, teacher_model, kwargs.get("processing_class"))
         if args.teacher_cache_dir is not None:
             if self.task not in (tasks.SEQUENCE_CLASSIFICATION, tasks.CAUSAL_LM):
-                raise ValueError(
+                raise DistillationSettingError(
                     f"teacher_cache_dir={args.teacher_cache_dir!r} caches class logits per example (sequence "
                     f"classification) or a top-k summary per token (causal LMs); this is a {self.task.name} model, "
                     "whose teacher outputs change every epoch (masked LM: new masks) or are not cached. Leave "
-                    "teacher_cache_dir unset."
+                    "teacher_cache_dir unset.",
+                    "teacher_cache_dir",
                 )
             teacher_cache.check_cacheable(kwargs.get("train_dataset"))
 
@@ -184,8 +186,8 @@ class DistillationTrainer(Trainer):
                 reason = fused_projection_problem(model)
                 problem = problem or (f"the {who}'s {reason}" if reason else None)
         if problem and requested:
-            raise ValueError(f"fuse_lm_head=True cannot be honoured: {problem}. Set fuse_lm_head=False (or leave it "
-                             "unset to fuse only where possible).")  # fmt: skip
+            message = f"fuse_lm_head=True cannot be honoured: {problem}. Set fuse_lm_head=False (or leave it unset to "
+            raise DistillationSettingError(message + "fuse only where possible).", "fuse_lm_head")
         return problem is None
 
     @torch.no_grad()
@@ -271,16 +273,18 @@ class DistillationTrainer(Trainer):
         args, what = self.args, f"hidden sizes {widths[0]} (student) and {widths[1]} (teacher)"
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             engine = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP"
-            raise ValueError(
+            raise DistillationSettingError(
                 f"hidden_weight={args.hidden_weight} with {what} trains a learned projection outside the student, "
                 f"which {engine} would neither shard nor step. Train with DDP (plain torchrun) instead, or use a "
-                "student of the teacher's width (build_student keeps it), or set hidden_weight=0."
+                "student of the teacher's width (build_student keeps it), or set hidden_weight=0.",
+                "hidden_weight",
             )
         optim = getattr(args.optim, "value", args.optim)
         if "layerwise" in optim or optim in ("lomo", "adalomo"):
-            raise ValueError(
+            raise DistillationSettingError(
                 f"optim={optim!r} updates parameters inside the backward pass of the student only, so the learned "
-                f"hidden-state projection ({what}) would never train. Choose another optim, e.g. 'adamw_torch'."
+                f"hidden-state projection ({what}) would never train. Choose another optim, e.g. 'adamw_torch'.",
+                "optim",
             )
         reference = next(student.parameters())
         init_std = getattr(getattr(student, "config", None), "initializer_range", 0.02)
@@ -628,7 +632,8 @@ def _student_and_teacher(
         try:
             model = build_student(model, args.student_num_layers, args.student_layers)
         except ValueError as error:
-            raise ValueError(f"student_num_layers / student_layers: {error}") from error
+            message = f"student_num_layers / student_layers: {error}"
+            raise DistillationSettingError(message, ("student_num_layers", "student_layers")) from error
     elif teacher is model:
         raise ValueError(
             "`teacher_model` is the same object as `model`: pass a separate (frozen) teacher, or set "
@@ -696,14 +701,6 @@ def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArgume
             f"teacher vocab_size={t_vocab} differs from student vocab_size={s_vocab}: both models read the same "
             "input_ids, so they need the same tokenizer. Build the student from the teacher (build_student)."
         )
-    s_width, t_width = getattr(s_config, "hidden_size", None), getattr(t_config, "hidden_size", None)
-    if args.hidden_weight > 0 and args.hidden_loss == "cosine" and s_width != t_width:
-        raise ValueError(
-            f"hidden_loss='cosine' (DistilBERT) compares hidden states directly, but the student's hidden_size is "
-            f"{s_width} and the teacher's {t_width}. Use hidden_loss='mse', which learns a projection (TinyBERT's "
-            "W_h) for unequal widths, or a student of the teacher's width (build_student keeps it), or set "
-            f"hidden_weight=0 (now {args.hidden_weight})."
-        )
     uses_layers = args.gamma > 0 or args.relation_weight > 0 or (args.hidden_weight > 0 and args.hidden_loss == "mse")
     try:
         student_layers, teacher_layers = num_layers(student), num_layers(teacher)
@@ -717,17 +714,28 @@ def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArgume
 
 
 def _projection_widths(student: nn.Module, teacher: nn.Module, args: DistillationArguments) -> tuple[int, int] | None:
-    """`(student, teacher)` hidden sizes when the MSE hidden-state term needs a learned projection, else None."""
+    """`(student, teacher)` hidden sizes when the MSE hidden-state term needs a learned projection, else None.
+
+    The one check of the two models' hidden widths: the cosine term needs equal widths, the MSE term known ones."""
     s_width = getattr(getattr(student, "config", None), "hidden_size", None)
     t_width = getattr(getattr(teacher, "config", None), "hidden_size", None)
-    if args.hidden_weight > 0 and args.hidden_loss == "mse" and s_width != t_width:
-        if s_width is None or t_width is None:
-            raise ValueError(
-                f"hidden_weight={args.hidden_weight} needs both models' config.hidden_size to size the hidden-state "
-                f"projection, but the student's is {s_width} and the teacher's {t_width}. Set hidden_weight=0."
-            )
-        return s_width, t_width
-    return None
+    if args.hidden_weight == 0 or s_width == t_width:
+        return None
+    if args.hidden_loss == "cosine":
+        raise DistillationSettingError(
+            f"hidden_loss='cosine' (DistilBERT) compares hidden states directly, but the student's hidden_size is "
+            f"{s_width} and the teacher's {t_width}. Use hidden_loss='mse', which learns a projection (TinyBERT's "
+            "W_h) for unequal widths, or a student of the teacher's width (build_student keeps it), or set "
+            f"hidden_weight=0 (now {args.hidden_weight}).",
+            ("hidden_loss", "hidden_weight"),
+        )
+    if s_width is None or t_width is None:
+        raise DistillationSettingError(
+            f"hidden_weight={args.hidden_weight} needs both models' config.hidden_size to size the hidden-state "
+            f"projection, but the student's is {s_width} and the teacher's {t_width}. Set hidden_weight=0.",
+            "hidden_weight",
+        )
+    return s_width, t_width
 
 
 def _check_heads(args: DistillationArguments, student: AttentionRecorder, teacher: AttentionRecorder) -> None:
@@ -735,10 +743,11 @@ def _check_heads(args: DistillationArguments, student: AttentionRecorder, teache
         return
     for s_layer, (s_heads, t_heads) in enumerate(zip(student.num_heads, teacher.num_heads)):
         if s_heads != t_heads:
-            raise ValueError(
+            raise DistillationSettingError(
                 f"attention_loss={args.attention_loss!r} compares heads one to one, but student layer {s_layer} has "
                 f"{s_heads} heads and teacher layer {teacher.layer_indices[s_layer]} has {t_heads}. Use "
-                "attention_loss='mse'."
+                "attention_loss='mse'.",
+                "attention_loss",
             )
 
 
@@ -747,20 +756,22 @@ def _relation_heads(args: DistillationArguments, student: ProjectionRecorder, te
     s_geometry, t_geometry = student.geometry, teacher.geometry
     if args.relation_loss == "value":  # MiniLM compares each value head's relation one to one
         if s_geometry.num_key_value_heads != t_geometry.num_key_value_heads:
-            raise ValueError(
+            raise DistillationSettingError(
                 f"relation_loss='value' compares attention heads one to one, but the student's last layer has "
                 f"{s_geometry.num_key_value_heads} value heads and teacher layer {teacher.layer_index} has "
-                f"{t_geometry.num_key_value_heads}. Use relation_loss='qkv', which works with any head counts."
+                f"{t_geometry.num_key_value_heads}. Use relation_loss='qkv', which works with any head counts.",
+                "relation_loss",
             )
         return t_geometry.num_key_value_heads
     heads = args.relation_heads or t_geometry.num_heads
     for who, geometry in (("student", s_geometry), ("teacher", t_geometry)):
         widths = set(geometry.widths.values())
         if any(width % heads for width in widths):
-            raise ValueError(
+            raise DistillationSettingError(
                 f"relation_heads={heads} must divide the {who}'s query/key/value widths {sorted(widths)}. Choose "
                 f"relation_heads that divides both models' widths, e.g. "
-                f"{math.gcd(*s_geometry.widths.values(), *t_geometry.widths.values())}."
+                f"{math.gcd(*s_geometry.widths.values(), *t_geometry.widths.values())}.",
+                "relation_heads",
             )
     return heads
 

@@ -21,6 +21,7 @@ from .artifacts import CONFIG_NAME, HISTORY_NAME, training_history
 from .augment import augment_dataset, embedding_neighbours
 from .cli import ModelArguments, RunArguments, check_output_dir, check_resumable, remove_checkpoints
 from .data import DataArguments
+from .errors import DistillationSettingError
 from .evaluation import evaluate_model
 from .modeling import count_layers, count_parameters
 from .plots import PLOT_NAME, plot_training_curves
@@ -277,6 +278,9 @@ class _TransferSet:
         return augmented
 
 
+_LAYER_TERM_WEIGHTS = ("gamma", "relation_weight", "hidden_weight")  # terms that need more than the logits
+
+
 def _trainer(task: Task, student, teacher, training_args, data: TaskData, tokenizer, metrics: TaskMetrics):
     """The `DistillationTrainer`; when it refuses a term the models cannot provide, the error names the flag."""
     try:
@@ -286,18 +290,18 @@ def _trainer(task: Task, student, teacher, training_args, data: TaskData, tokeni
             compute_metrics=lambda prediction: metrics.compute(prediction.predictions, prediction.label_ids),
             preprocess_logits_for_metrics=metrics.preprocess,
         )  # fmt: skip
-    except ValueError as error:
-        names = [n for n in ("gamma", "relation_weight", "hidden_weight")
-                 if f"{n}=0" in str(error) and getattr(training_args, n) > 0]  # fmt: skip
+    except DistillationSettingError as error:  # the weights that turn the refused term off, where they are on
+        names = [n for n in error.settings if n in _LAYER_TERM_WEIGHTS and getattr(training_args, n) > 0]
         if not names:
             raise
         flags = " ".join(f"--{n} 0" for n in names)
         settings = ", ".join(f"{n}={getattr(training_args, n)}" for n in names)
         recipe = f"--recipe {training_args.recipe}" if training_args.recipe else "the default recipe"
-        raise ValueError(
+        raise DistillationSettingError(
             f"{error} On the command line add {flags} ({recipe} sets {settings}); a {task.name} model without "
             "separate query/key/value projections, or with rotary positions (GPT-2, Llama), is distilled from its "
-            "logits alone."
+            "logits alone.",
+            error.settings,
         ) from error
 
 
