@@ -19,11 +19,12 @@ from torch import nn
 from .args import DistillationArguments
 from .artifacts import CONFIG_NAME, HISTORY_NAME, training_history
 from .augment import augment_dataset, embedding_neighbours
-from .cli import ModelArguments, RunArguments, check_output_dir, check_resumable, remove_checkpoints
+from .command_args import ModelArguments, RunArguments
 from .data import DataArguments
 from .errors import DistillationSettingError
 from .evaluation import evaluate_model
 from .modeling import count_layers, count_parameters
+from .output_dir import check_output_dir, check_resumable, remove_checkpoints
 from .plots import PLOT_NAME, plot_training_curves
 from .report import REPORT_JSON, REPORT_MD, compare, speedup, write_report
 from .task_data import TaskData, prepare_task_data, resolve_task
@@ -208,15 +209,9 @@ def prepare_run(
         source = f"built from teacher layers {student.config.distillation_teacher_layers}"
     else:
         source = f"`{model_args.student_model_name_or_path}`"
-    if resume_from is not None:
-        record = trainer.distillation_record()
-        expected = training_args.distillation_settings() | {
-            "layer_map": trainer.layer_map,
-            "teacher_model": trainer.teacher_name_or_path,
-            "student_num_layers": record.student_num_layers,
-            "student_layers_from_teacher": record.student_layers_from_teacher,
-        }
-        check_resumable(resume_from, expected)
+    if resume_from is not None:  # the settings DistillationTrainer.train() compares too, refused here before any work
+        if not training_args.allow_resume_with_different_settings:
+            check_resumable(resume_from, trainer.distillation_record())
         _check_unfinished(trainer, resume_from)
         logger.info("Resuming from %s (its distillation settings match this run's).", resume_from)
     elif run_args.overwrite_output_dir:
