@@ -29,7 +29,9 @@ from .labels import IGNORE_INDEX, LABEL_COLUMNS
 from .resume import check_resume_settings, resolve_checkpoint
 
 if TYPE_CHECKING:
-    from .trainer import DistillationTrainer
+    from .args import DistillationArguments
+    from .artifacts import DistillationRecord
+    from .tasks import Task
 
 __all__ = ["before_train", "check_dataset", "check_models", "parse_config_file"]
 
@@ -305,24 +307,40 @@ def check_dataset(
     _scan_column(dataset, "input_ids", partial(_check_input_ids, name=name, models=models))
 
 
-def before_train(trainer: DistillationTrainer, resume_from_checkpoint: str | bool | None) -> str | None:
-    """Everything `DistillationTrainer.train()` checks before the first step; returns the checkpoint to resume."""
-    args = trainer.args
-    models = {"student": trainer.accelerator.unwrap_model(trainer.model), "teacher": trainer.teacher_model}
-    keep = None
-    if args.remove_unused_columns and hasattr(trainer, "_set_signature_columns_if_needed"):
-        trainer._set_signature_columns_if_needed()
-        keep = set(trainer._signature_columns or []) or None
-    task = trainer.task
+def before_train(
+    student: nn.Module,
+    teacher: nn.Module,
+    args: DistillationArguments,
+    task: Task,
+    train_dataset: Any,
+    eval_dataset: Any,
+    data_collator: Callable | None,
+    keep_columns: set[str] | None,
+    resume_from_checkpoint: str | bool | None,
+    record: Callable[[], DistillationRecord],
+) -> str | None:
+    """Everything `DistillationTrainer.train()` checks before the first step; returns the checkpoint to resume.
+
+    Args:
+        student, teacher (`nn.Module`): the unwrapped models; limits (positions, vocabulary, labels) come from each.
+        args (`DistillationArguments`): the run's arguments (`alpha`, `output_dir`, the resume options).
+        task (`Task`): the models' task, for its label names (masked LM always needs its labels).
+        train_dataset, eval_dataset: as given to the trainer (`eval_dataset` may be a dict of datasets).
+        data_collator (`Callable`, *optional*): batches are judged on what it makes of one example.
+        keep_columns (`set[str]`, *optional*): the columns `Trainer` keeps (`remove_unused_columns`).
+        resume_from_checkpoint (`str` or `bool`, *optional*): as given to `train()`; resolved by `resume.py`.
+        record (`Callable[[], DistillationRecord]`): this run's record, built only when a checkpoint is resumed.
+    """
+    models = {"student": student, "teacher": teacher}
     require_labels = args.alpha > 0 or task.name == "masked-lm"  # masked LM finds its masked positions in the labels
-    check_dataset(trainer.train_dataset, "train_dataset", models, require_labels, trainer.data_collator, keep,
+    check_dataset(train_dataset, "train_dataset", models, require_labels, data_collator, keep_columns,
                   task.label_names)  # fmt: skip
-    evals = trainer.eval_dataset if isinstance(trainer.eval_dataset, Mapping) else {None: trainer.eval_dataset}
+    evals = eval_dataset if isinstance(eval_dataset, Mapping) else {None: eval_dataset}
     for key, dataset in evals.items():
         check_dataset(dataset, "eval_dataset" if key is None else f"eval_dataset[{key!r}]", models)
     checkpoint = resolve_checkpoint(resume_from_checkpoint, args.output_dir)
     if checkpoint is not None:
-        check_resume_settings(checkpoint, trainer.distillation_record(), args.allow_resume_with_different_settings)
+        check_resume_settings(checkpoint, record(), args.allow_resume_with_different_settings)
     return checkpoint
 
 

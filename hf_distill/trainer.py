@@ -16,7 +16,6 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer_utils import get_last_checkpoint
 
 from . import checks, engines, losses, tasks, teacher_cache
 from .args import DistillationArguments
@@ -522,10 +521,17 @@ class DistillationTrainer(Trainer):
     # ---- artifacts -------------------------------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        resume_from_checkpoint = checks.before_train(self, resume_from_checkpoint)  # data, checkpoint, settings
+        keep = None
+        if self.args.remove_unused_columns:  # the columns the collator will see
+            self._set_signature_columns_if_needed()
+            keep = set(self._signature_columns or []) or None
+        resume_from_checkpoint = checks.before_train(  # data, then the newest complete checkpoint and its settings
+            self.accelerator.unwrap_model(self.model), self.teacher_model, self.args, self.task, self.train_dataset,
+            self.eval_dataset, self.data_collator, keep, resume_from_checkpoint, record=self.distillation_record,
+        )  # fmt: skip
         if resume_from_checkpoint is not None and self.hidden_projection is not None:
             self.hidden_projection.load(resume_from_checkpoint)  # the optimizer state follows in Trainer.train
-        self._prior_training_seconds = _recorded_training_seconds(resume_from_checkpoint, self.args.output_dir)
+        self._prior_training_seconds = _recorded_training_seconds(resume_from_checkpoint)
         self._train_started, self._train_finished = time.monotonic(), None
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
@@ -776,13 +782,11 @@ def _relation_heads(args: DistillationArguments, student: ProjectionRecorder, te
     return heads
 
 
-def _recorded_training_seconds(resume_from_checkpoint: str | bool | None, output_dir: str) -> float:
-    """Training time already spent before the checkpoint we resume from (0 for a fresh run)."""
-    if resume_from_checkpoint is True:
-        resume_from_checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    if not resume_from_checkpoint:
+def _recorded_training_seconds(checkpoint: str | None) -> float:
+    """Training time already spent before the (resolved) checkpoint we resume from (0 for a fresh run)."""
+    if checkpoint is None:
         return 0.0
-    file = Path(resume_from_checkpoint) / CONFIG_NAME
+    file = Path(checkpoint) / CONFIG_NAME
     try:
         return float(json.loads(file.read_text(encoding="utf-8")).get("training_time_seconds") or 0.0)
     except (OSError, ValueError):
