@@ -33,10 +33,16 @@ if TYPE_CHECKING:
     from .artifacts import DistillationRecord
     from .tasks import Task
 
-__all__ = ["before_train", "check_dataset", "check_models", "parse_config_file"]
+__all__ = [
+    "before_train",
+    "check_dataset",
+    "check_models",
+    "check_same_labels",
+    "check_tokenizer_fits",
+    "parse_config_file",
+]
 
 logger = logging.getLogger(__name__)
-
 
 
 # ---- the teacher / student pair and the tokenizer ------------------------------------------------------------
@@ -64,42 +70,76 @@ def _tokenizer_size(processing_class: Any) -> int | None:
         return None
 
 
-def check_models(student: nn.Module, teacher: nn.Module, processing_class: Any = None) -> None:
-    """Check that teacher and student predict the same labels and that the tokenizer fits both embeddings.
+def check_same_labels(student: nn.Module, teacher: nn.Module, strict: bool = False) -> None:
+    """Both models predict the same label set, with the same names where both name their classes.
 
-    (`num_labels`, `vocab_size` and the layer map are checked by the trainer itself.)
+    With `strict=False` (the trainer) a model with only the default `LABEL_i` names is unnamed, not contradictory:
+    a warning. With `strict=True` (the command, whose student was saved by someone for some task) it is refused.
+    """
+    s_labels = getattr(getattr(student, "config", None), "num_labels", None)
+    t_labels = getattr(getattr(teacher, "config", None), "num_labels", None)
+    if s_labels is not None and t_labels is not None and s_labels != t_labels:
+        raise ValueError(
+            f"teacher has num_labels={t_labels} but the student has num_labels={s_labels}: they must predict the "
+            "same label set. Build the student with the teacher's num_labels, id2label and label2id."
+        )
+    s_names, t_names = _id2label(student), _id2label(teacher)
+    if not (s_names and t_names) or s_names == t_names:
+        return
+    generic = [names for names in (s_names, t_names) if all(v == f"LABEL_{k}" for k, v in names.items())]
+    if generic and not strict:
+        logger.warning(
+            "teacher id2label=%s but student id2label=%s: copy the teacher's id2label and label2id into the "
+            "student config so the saved student names its classes.",
+            t_names,
+            s_names,
+        )
+        return
+    raise ValueError(
+        f"the student's labels (id2label={s_names}) differ from the teacher's (id2label={t_names}): class i must mean "
+        "the same thing in both models, or the student learns swapped labels. Build the student with the teacher's "
+        "id2label and label2id (e.g. config.id2label = teacher.config.id2label)."
+    )
+
+
+def check_tokenizer_fits(
+    processing_class: Any,
+    model: nn.Module,
+    who: str,
+    option: str = "`processing_class`",
+    fix: str = "Use the tokenizer the teacher was trained with, or call resize_token_embeddings(len(tokenizer)) on "
+    "both models.",
+) -> None:
+    """The tokenizer's ids all index `model`'s input embedding (`option` and `fix` word the error for the caller)."""
+    size = _tokenizer_size(processing_class)
+    rows = _embedding_rows(model) if size is not None else None
+    if rows is not None and size > rows:
+        raise ValueError(
+            f"{option}: the tokenizer has {size} tokens (len(tokenizer)) but the {who}'s input embedding has only "
+            f"{rows} rows, so token ids past the end would crash or read garbage. {fix}"
+        )
+
+
+def check_models(student: nn.Module, teacher: nn.Module, processing_class: Any = None) -> None:
+    """Check that teacher and student predict the same labels and read the same vocabulary, which the tokenizer fits.
+
+    The one place for these teacher/student invariants (the layer map and the loss terms' needs are checked where
+    they are resolved, in the trainer).
 
     Raises:
-        `ValueError` when both models name their labels and the names differ (e.g. swapped classes), or when
-        `processing_class` produces token ids past the end of either model's input embedding.
+        `ValueError` when the models' label sets differ (`num_labels`, or `id2label` when both name their classes),
+        their `vocab_size` differs, or `processing_class` produces token ids past the end of either embedding.
     """
-    s_names, t_names = _id2label(student), _id2label(teacher)
-    if s_names and t_names and s_names != t_names:
-        generic = [names for names in (s_names, t_names) if all(v == f"LABEL_{k}" for k, v in names.items())]
-        if generic:  # one side has only the default LABEL_i names: unnamed, not contradictory
-            logger.warning(
-                "teacher id2label=%s but student id2label=%s: copy the teacher's id2label and label2id into the "
-                "student config so the saved student names its classes.",
-                t_names,
-                s_names,
-            )
-        else:
-            raise ValueError(
-                f"teacher id2label={t_names} but student id2label={s_names}: class i must mean the same thing in "
-                "both models, or the student learns swapped labels. Build the student with the teacher's id2label "
-                "and label2id (e.g. config.id2label = teacher.config.id2label)."
-            )
-    size = _tokenizer_size(processing_class)
-    if size is None:
-        return
+    check_same_labels(student, teacher)
+    s_vocab = getattr(getattr(student, "config", None), "vocab_size", None)
+    t_vocab = getattr(getattr(teacher, "config", None), "vocab_size", None)
+    if s_vocab is not None and t_vocab is not None and s_vocab != t_vocab:
+        raise ValueError(
+            f"teacher vocab_size={t_vocab} differs from student vocab_size={s_vocab}: both models read the same "
+            "input_ids, so they need the same tokenizer. Build the student from the teacher (build_student)."
+        )
     for who, model in (("student", student), ("teacher", teacher)):
-        rows = _embedding_rows(model)
-        if rows is not None and size > rows:
-            raise ValueError(
-                f"`processing_class` has {size} tokens (len(tokenizer)) but the {who}'s input embedding has {rows} "
-                "rows, so token ids past the end would crash or read garbage. Use the tokenizer the teacher was "
-                "trained with, or call resize_token_embeddings(len(tokenizer)) on both models."
-            )
+        check_tokenizer_fits(processing_class, model, who)
 
 
 # ---- datasets ----------------------------------------------------------------------------------------------

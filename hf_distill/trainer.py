@@ -108,6 +108,7 @@ class DistillationTrainer(Trainer):
             )
         model, teacher_model, self.teacher_name_or_path = _student_and_teacher(model, teacher_model, args)
         self.task = _check_tasks(model, teacher_model)
+        checks.check_models(model, teacher_model, kwargs.get("processing_class"))  # labels, vocabulary, tokenizer
         self.layer_map = _check_pair(model, teacher_model, args)
         widths = _projection_widths(model, teacher_model, args)  # (student, teacher) when L_hidden needs a W_h
         if widths is not None and (kwargs.get("optimizers") or (None, None))[0] is not None:
@@ -117,7 +118,6 @@ class DistillationTrainer(Trainer):
                 "ready-made optimizer that cannot hold it. Leave `optimizers` unset and choose the optimizer with "
                 "`optim` / `optim_args` or `optimizer_cls_and_kwargs`; the projection gets its own param group."
             )
-        checks.check_models(model, teacher_model, kwargs.get("processing_class"))
         if args.teacher_cache_dir is not None:
             if self.task not in (tasks.SEQUENCE_CLASSIFICATION, tasks.CAUSAL_LM):
                 raise DistillationSettingError(
@@ -692,21 +692,10 @@ def _check_tasks(student: nn.Module, teacher: nn.Module) -> tasks.Task:
 
 
 def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArguments) -> list[int] | None:
-    """Validate teacher against student before any work is done; return the resolved layer map (None when no term
-    compares layers: logit distillation needs no layer list, so it works on any model with a supported head)."""
-    s_config, t_config = getattr(student, "config", None), getattr(teacher, "config", None)
-    s_labels, t_labels = getattr(s_config, "num_labels", None), getattr(t_config, "num_labels", None)
-    if s_labels is not None and t_labels is not None and s_labels != t_labels:
-        raise ValueError(
-            f"teacher has num_labels={t_labels} but the student has num_labels={s_labels}: they must predict the "
-            "same label set. Build the student with the teacher's num_labels, id2label and label2id."
-        )
-    s_vocab, t_vocab = getattr(s_config, "vocab_size", None), getattr(t_config, "vocab_size", None)
-    if s_vocab is not None and t_vocab is not None and s_vocab != t_vocab:
-        raise ValueError(
-            f"teacher vocab_size={t_vocab} differs from student vocab_size={s_vocab}: both models read the same "
-            "input_ids, so they need the same tokenizer. Build the student from the teacher (build_student)."
-        )
+    """Resolve and check the layer map before any work is done; return it (None when no term
+    compares layers: logit distillation needs no layer list, so it works on any model with a supported head).
+
+    (Labels, vocabulary and tokenizer are `checks.check_models`'; the hidden widths `_projection_widths`'.)"""
     uses_layers = args.gamma > 0 or args.relation_weight > 0 or (args.hidden_weight > 0 and args.hidden_loss == "mse")
     try:
         student_layers, teacher_layers = num_layers(student), num_layers(teacher)

@@ -19,6 +19,7 @@ from torch import nn
 from .args import DistillationArguments
 from .artifacts import CONFIG_NAME, HISTORY_NAME, training_history
 from .augment import augment_dataset, embedding_neighbours
+from .checks import check_same_labels, check_tokenizer_fits
 from .command_args import ModelArguments, RunArguments
 from .data import DataArguments
 from .errors import DistillationSettingError
@@ -72,13 +73,13 @@ def _load(option: str, name: str, loader, **kwargs):
 
 
 def _check_vocabulary(tokenizer, model: nn.Module, role: str) -> None:
-    embeddings = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > embeddings:
-        raise ValueError(
-            f"the tokenizer has {len(tokenizer)} tokens but the {role}'s input embeddings have only {embeddings} "
-            f"rows: it is not the {role}'s tokenizer. Use the teacher's tokenizer (drop --tokenizer_name or point it "
-            "at the teacher) and a student with the teacher's vocabulary."
-        )
+    """`checks.check_tokenizer_fits`, worded for the command, before anything is built from the tokenizer."""
+    fix = (
+        f"It is not the {role}'s tokenizer. Use the teacher's tokenizer (drop --tokenizer_name or point it at the "
+        "teacher) and a student with the teacher's vocabulary."
+    )
+    source = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+    check_tokenizer_fits(tokenizer, model, role, option=f"tokenizer {source!r}", fix=fix)
 
 
 def _ensure_padding_token(tokenizer) -> None:
@@ -128,12 +129,7 @@ def _loaded_student(model_args: ModelArguments, teacher: nn.Module, auto_class, 
     if model_args.student_model_name_or_path is None:
         return None
     student = _load("student_model_name_or_path", model_args.student_model_name_or_path, auto_class, **remote)
-    t_labels, s_labels = teacher.config.id2label, student.config.id2label
-    if {int(k): v for k, v in t_labels.items()} != {int(k): v for k, v in s_labels.items()}:
-        raise ValueError(
-            f"the student's labels {s_labels} differ from the teacher's {t_labels}: they must predict the same "
-            "label set (same num_labels and id2label)."
-        )
+    check_same_labels(student, teacher, strict=True)  # a saved student naming other classes is another task's
     return student
 
 
