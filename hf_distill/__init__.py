@@ -7,6 +7,7 @@ from .artifacts import DistillationRecord, load_distillation_config, load_traini
 from .augment import augment_dataset, augment_texts, embedding_neighbours
 from .card import build_model_card, teacher_lineage
 from .checks import parse_config_file
+from .errors import DistillationSettingError
 from .guards import NonFiniteLossError
 from .losses import (
     attention_kl_loss,
@@ -29,6 +30,7 @@ from .trainer import DistillationTrainer
 __all__ = [
     "DistillationArguments",
     "DistillationRecord",
+    "DistillationSettingError",
     "DistillationTrainer",
     "NonFiniteLossError",
     "TASKS",

@@ -12,9 +12,11 @@ import logging
 import os
 import platform
 import tempfile
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import IO, Any
 
 from .terms import loss_formula
 
@@ -22,6 +24,7 @@ __all__ = [
     "CONFIG_NAME",
     "HISTORY_NAME",
     "DistillationRecord",
+    "atomic_open",
     "atomic_write_text",
     "load_distillation_config",
     "load_training_history",
@@ -119,20 +122,36 @@ def library_versions() -> dict[str, str]:
     }
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> None:
-    """Write `text` to `path` so that readers see either the old file or the whole new one."""
+@contextmanager
+def atomic_open(path: str | os.PathLike, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file beside `path` for writing; when the block ends, fsync it and rename it over `path`.
+
+    Readers (and a process that dies mid-write) see either the old file or the whole new one, never half of one.
+    The one implementation of an atomic write in the package: text (`mode="w"`, UTF-8) or bytes (`mode="wb"`).
+
+    >>> with atomic_open("plot.png", "wb") as handle:  # doctest: +SKIP
+    ...     figure.savefig(handle, format="png")
+    """
+    if mode not in ("w", "wb"):
+        raise ValueError(f"atomic_open writes a whole new file: mode must be 'w' or 'wb', got {mode!r}.")
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write `text` to `path` so that readers see either the old file or the whole new one."""
+    with atomic_open(path) as handle:
+        handle.write(text)
 
 
 def atomic_write_json(path: str | os.PathLike, data: Any) -> None:

@@ -26,6 +26,7 @@ from transformers import AttentionInterface
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
 
+from .errors import DistillationSettingError
 from .modeling import AttentionGeometry, attention_geometry, find_layers
 
 __all__ = ["AttentionRecorder", "ProjectionRecorder"]
@@ -73,10 +74,11 @@ def check_attention_interface(model: nn.Module) -> None:
         or str(getattr(config, "position_embedding_type", "")).startswith("relative")
     )
     reason = f"computes {'relative position' if relative else 'its'} attention in its own code"
-    raise ValueError(
+    raise DistillationSettingError(
         f"{type(model).__name__} {reason}, outside transformers' attention interface, so its real attention maps "
         "and query/key/value states cannot be recorded. Set gamma=0 and relation_weight=0 to distil it with the "
-        "logit and hidden-state terms."
+        "logit and hidden-state terms.",
+        ("gamma", "relation_weight"),
     )
 
 

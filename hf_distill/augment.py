@@ -26,11 +26,12 @@ from typing import Any
 import numpy as np
 import torch
 
+from .labels import IGNORE_INDEX
+
 __all__ = ["augment_dataset", "augment_texts", "embedding_neighbours"]
 
 logger = logging.getLogger(__name__)
 
-IGNORE_INDEX = -100
 _MAX_ROUNDS = 10  # rounds of redrawing the variants that came out as duplicates
 _WORD_MARKERS = ("▁", "Ġ")  # SentencePiece / byte-level BPE word-start markers
 _BRACKETED = re.compile(r"^(\[.*\]|<.*>)$")  # [unused7], <mask>, <|endoftext|>: not words

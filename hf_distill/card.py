@@ -20,6 +20,7 @@ from huggingface_hub.errors import HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
 from .artifacts import CONFIG_NAME, DistillationRecord, atomic_write_text, load_distillation_config, training_history
+from .engines import mixed_precision_of
 from .recipes import RECIPES
 from .tasks import task_of_class
 from .terms import registered_terms
@@ -478,7 +479,7 @@ def _training_hyperparameters(args: Any) -> dict[str, Any]:
         "weight_decay": args.weight_decay,
         "max_grad_norm": args.max_grad_norm,
         "optimizer": getattr(args.optim, "value", args.optim),
-        "mixed_precision": "bf16" if args.bf16 else "fp16" if args.fp16 else None,
+        "mixed_precision": None if (precision := mixed_precision_of(args)) == "no" else precision,
     }
     return {k: v for k, v in values.items() if v is not None}
 

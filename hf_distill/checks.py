@@ -25,17 +25,24 @@ import numpy as np
 import torch
 from torch import nn
 
+from .labels import IGNORE_INDEX, LABEL_COLUMNS
 from .resume import check_resume_settings, resolve_checkpoint
 
 if TYPE_CHECKING:
-    from .trainer import DistillationTrainer
+    from .args import DistillationArguments
+    from .artifacts import DistillationRecord
+    from .tasks import Task
 
-__all__ = ["before_train", "check_dataset", "check_models", "parse_config_file"]
+__all__ = [
+    "before_train",
+    "check_dataset",
+    "check_models",
+    "check_same_labels",
+    "check_tokenizer_fits",
+    "parse_config_file",
+]
 
 logger = logging.getLogger(__name__)
-
-LABEL_COLUMNS = ("labels", "label", "label_ids")
-IGNORE_INDEX = -100
 
 
 # ---- the teacher / student pair and the tokenizer ------------------------------------------------------------
@@ -63,42 +70,76 @@ def _tokenizer_size(processing_class: Any) -> int | None:
         return None
 
 
-def check_models(student: nn.Module, teacher: nn.Module, processing_class: Any = None) -> None:
-    """Check that teacher and student predict the same labels and that the tokenizer fits both embeddings.
+def check_same_labels(student: nn.Module, teacher: nn.Module, strict: bool = False) -> None:
+    """Both models predict the same label set, with the same names where both name their classes.
 
-    (`num_labels`, `vocab_size` and the layer map are checked by the trainer itself.)
+    With `strict=False` (the trainer) a model with only the default `LABEL_i` names is unnamed, not contradictory:
+    a warning. With `strict=True` (the command, whose student was saved by someone for some task) it is refused.
+    """
+    s_labels = getattr(getattr(student, "config", None), "num_labels", None)
+    t_labels = getattr(getattr(teacher, "config", None), "num_labels", None)
+    if s_labels is not None and t_labels is not None and s_labels != t_labels:
+        raise ValueError(
+            f"teacher has num_labels={t_labels} but the student has num_labels={s_labels}: they must predict the "
+            "same label set. Build the student with the teacher's num_labels, id2label and label2id."
+        )
+    s_names, t_names = _id2label(student), _id2label(teacher)
+    if not (s_names and t_names) or s_names == t_names:
+        return
+    generic = [names for names in (s_names, t_names) if all(v == f"LABEL_{k}" for k, v in names.items())]
+    if generic and not strict:
+        logger.warning(
+            "teacher id2label=%s but student id2label=%s: copy the teacher's id2label and label2id into the "
+            "student config so the saved student names its classes.",
+            t_names,
+            s_names,
+        )
+        return
+    raise ValueError(
+        f"the student's labels (id2label={s_names}) differ from the teacher's (id2label={t_names}): class i must mean "
+        "the same thing in both models, or the student learns swapped labels. Build the student with the teacher's "
+        "id2label and label2id (e.g. config.id2label = teacher.config.id2label)."
+    )
+
+
+def check_tokenizer_fits(
+    processing_class: Any,
+    model: nn.Module,
+    who: str,
+    option: str = "`processing_class`",
+    fix: str = "Use the tokenizer the teacher was trained with, or call resize_token_embeddings(len(tokenizer)) on "
+    "both models.",
+) -> None:
+    """The tokenizer's ids all index `model`'s input embedding (`option` and `fix` word the error for the caller)."""
+    size = _tokenizer_size(processing_class)
+    rows = _embedding_rows(model) if size is not None else None
+    if rows is not None and size > rows:
+        raise ValueError(
+            f"{option}: the tokenizer has {size} tokens (len(tokenizer)) but the {who}'s input embedding has only "
+            f"{rows} rows, so token ids past the end would crash or read garbage. {fix}"
+        )
+
+
+def check_models(student: nn.Module, teacher: nn.Module, processing_class: Any = None) -> None:
+    """Check that teacher and student predict the same labels and read the same vocabulary, which the tokenizer fits.
+
+    The one place for these teacher/student invariants (the layer map and the loss terms' needs are checked where
+    they are resolved, in the trainer).
 
     Raises:
-        `ValueError` when both models name their labels and the names differ (e.g. swapped classes), or when
-        `processing_class` produces token ids past the end of either model's input embedding.
+        `ValueError` when the models' label sets differ (`num_labels`, or `id2label` when both name their classes),
+        their `vocab_size` differs, or `processing_class` produces token ids past the end of either embedding.
     """
-    s_names, t_names = _id2label(student), _id2label(teacher)
-    if s_names and t_names and s_names != t_names:
-        generic = [names for names in (s_names, t_names) if all(v == f"LABEL_{k}" for k, v in names.items())]
-        if generic:  # one side has only the default LABEL_i names: unnamed, not contradictory
-            logger.warning(
-                "teacher id2label=%s but student id2label=%s: copy the teacher's id2label and label2id into the "
-                "student config so the saved student names its classes.",
-                t_names,
-                s_names,
-            )
-        else:
-            raise ValueError(
-                f"teacher id2label={t_names} but student id2label={s_names}: class i must mean the same thing in "
-                "both models, or the student learns swapped labels. Build the student with the teacher's id2label "
-                "and label2id (e.g. config.id2label = teacher.config.id2label)."
-            )
-    size = _tokenizer_size(processing_class)
-    if size is None:
-        return
+    check_same_labels(student, teacher)
+    s_vocab = getattr(getattr(student, "config", None), "vocab_size", None)
+    t_vocab = getattr(getattr(teacher, "config", None), "vocab_size", None)
+    if s_vocab is not None and t_vocab is not None and s_vocab != t_vocab:
+        raise ValueError(
+            f"teacher vocab_size={t_vocab} differs from student vocab_size={s_vocab}: both models read the same "
+            "input_ids, so they need the same tokenizer. Build the student from the teacher (build_student)."
+        )
     for who, model in (("student", student), ("teacher", teacher)):
-        rows = _embedding_rows(model)
-        if rows is not None and size > rows:
-            raise ValueError(
-                f"`processing_class` has {size} tokens (len(tokenizer)) but the {who}'s input embedding has {rows} "
-                "rows, so token ids past the end would crash or read garbage. Use the tokenizer the teacher was "
-                "trained with, or call resize_token_embeddings(len(tokenizer)) on both models."
-            )
+        check_tokenizer_fits(processing_class, model, who)
 
 
 # ---- datasets ----------------------------------------------------------------------------------------------
@@ -306,24 +347,40 @@ def check_dataset(
     _scan_column(dataset, "input_ids", partial(_check_input_ids, name=name, models=models))
 
 
-def before_train(trainer: DistillationTrainer, resume_from_checkpoint: str | bool | None) -> str | None:
-    """Everything `DistillationTrainer.train()` checks before the first step; returns the checkpoint to resume."""
-    args = trainer.args
-    models = {"student": trainer.accelerator.unwrap_model(trainer.model), "teacher": trainer.teacher_model}
-    keep = None
-    if args.remove_unused_columns and hasattr(trainer, "_set_signature_columns_if_needed"):
-        trainer._set_signature_columns_if_needed()
-        keep = set(trainer._signature_columns or []) or None
-    task = trainer.task
+def before_train(
+    student: nn.Module,
+    teacher: nn.Module,
+    args: DistillationArguments,
+    task: Task,
+    train_dataset: Any,
+    eval_dataset: Any,
+    data_collator: Callable | None,
+    keep_columns: set[str] | None,
+    resume_from_checkpoint: str | bool | None,
+    record: Callable[[], DistillationRecord],
+) -> str | None:
+    """Everything `DistillationTrainer.train()` checks before the first step; returns the checkpoint to resume.
+
+    Args:
+        student, teacher (`nn.Module`): the unwrapped models; limits (positions, vocabulary, labels) come from each.
+        args (`DistillationArguments`): the run's arguments (`alpha`, `output_dir`, the resume options).
+        task (`Task`): the models' task, for its label names (masked LM always needs its labels).
+        train_dataset, eval_dataset: as given to the trainer (`eval_dataset` may be a dict of datasets).
+        data_collator (`Callable`, *optional*): batches are judged on what it makes of one example.
+        keep_columns (`set[str]`, *optional*): the columns `Trainer` keeps (`remove_unused_columns`).
+        resume_from_checkpoint (`str` or `bool`, *optional*): as given to `train()`; resolved by `resume.py`.
+        record (`Callable[[], DistillationRecord]`): this run's record, built only when a checkpoint is resumed.
+    """
+    models = {"student": student, "teacher": teacher}
     require_labels = args.alpha > 0 or task.labels_mark_positions  # masked LM finds its masked positions in the labels
-    check_dataset(trainer.train_dataset, "train_dataset", models, require_labels, trainer.data_collator, keep,
+    check_dataset(train_dataset, "train_dataset", models, require_labels, data_collator, keep_columns,
                   task.label_names)  # fmt: skip
-    evals = trainer.eval_dataset if isinstance(trainer.eval_dataset, Mapping) else {None: trainer.eval_dataset}
+    evals = eval_dataset if isinstance(eval_dataset, Mapping) else {None: eval_dataset}
     for key, dataset in evals.items():
         check_dataset(dataset, "eval_dataset" if key is None else f"eval_dataset[{key!r}]", models)
     checkpoint = resolve_checkpoint(resume_from_checkpoint, args.output_dir)
     if checkpoint is not None:
-        check_resume_settings(checkpoint, trainer.distillation_record(), args.allow_resume_with_different_settings)
+        check_resume_settings(checkpoint, record(), args.allow_resume_with_different_settings)
     return checkpoint
 
 

@@ -225,7 +225,7 @@ def main(argv: list[str] | None = None) -> int:
     from transformers import AutoModelForSequenceClassification
 
     from .args import DistillationArguments
-    from .cli import ModelArguments, RunArguments
+    from .command_args import ModelArguments, RunArguments
     from .data import DataArguments
     from .report import render_markdown
     from .workflow import execute_run, prepare_run

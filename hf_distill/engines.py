@@ -165,7 +165,8 @@ def prepare_teacher(teacher: nn.Module, accelerator: Any, args: Any, is_model_pa
 
 
 def mixed_precision_of(args: Any) -> str:
-    """`"bf16"`, `"fp16"` or `"no"`, from `TrainingArguments.bf16` / `fp16`."""
+    """`"bf16"`, `"fp16"` or `"no"`, from `TrainingArguments.bf16` / `fp16`: the one reading of the precision flags,
+    used by the engines, the teacher-cache key and the model card."""
     return "bf16" if getattr(args, "bf16", False) else "fp16" if getattr(args, "fp16", False) else "no"
 
 

@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers.trainer_pt_utils import nested_concat, nested_numpify
 
+from .labels import IGNORE_INDEX
 from .task_metrics import TaskMetrics, accuracy, binary_f1, load_metrics
 from .tasks import batch_size as examples_in
 
@@ -104,8 +105,8 @@ def evaluate_model(
         logits = metrics.task.logits(outputs)
         kept = send_to_device(metrics.preprocess(logits[0] if len(logits) == 1 else logits,
                                                  send_to_device(labels, device)), "cpu")  # fmt: skip
-        predictions = kept if predictions is None else nested_concat(predictions, kept, -100)
-        references = labels if references is None else nested_concat(references, labels, -100)
+        predictions = kept if predictions is None else nested_concat(predictions, kept, IGNORE_INDEX)
+        references = labels if references is None else nested_concat(references, labels, IGNORE_INDEX)
         count += examples_in(batch)
     seconds = sum(times)
 

@@ -26,6 +26,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from .labels import IGNORE_INDEX
 from .token_kd import token_output_loss
 
 __all__ = [
@@ -42,7 +43,6 @@ __all__ = [
     "token_soft_label_loss",
 ]
 
-IGNORE_INDEX = -100
 _REDUCTIONS = ("none", "sum", "mean")
 
 

@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+from .artifacts import atomic_open
 from .terms import registered_terms
 
 __all__ = ["PLOT_NAME", "plot_training_curves"]
@@ -93,9 +94,7 @@ def plot_training_curves(
             ax.legend(fontsize=8)
     figure.tight_layout()
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    figure.savefig(tmp, dpi=110, format="png")
+    with atomic_open(path, "wb") as handle:  # never a half-written PNG
+        figure.savefig(handle, dpi=110, format="png")
     plt.close(figure)
-    os.replace(tmp, path)  # never a half-written PNG
     return path, None

@@ -21,6 +21,8 @@ import torch
 from torch import nn
 from transformers import TrainerCallback
 
+from .artifacts import atomic_open
+
 __all__ = ["PROJECTION_NAME", "HiddenProjection", "ZeroGradAfterStep", "add_to_optimizer", "average_gradients"]
 
 PROJECTION_NAME = "distillation_projection.safetensors"
@@ -63,15 +65,11 @@ class HiddenProjection(nn.Module):
 
     def save(self, folder: str | os.PathLike) -> None:
         """Write the weights to `folder/PROJECTION_NAME` atomically (temporary file, fsync, rename)."""
-        from safetensors.torch import save_file
+        from safetensors.torch import save
 
-        path = Path(folder) / PROJECTION_NAME
-        temporary = path.with_name(f".{path.name}.tmp")
         state = {name: tensor.detach().cpu().contiguous() for name, tensor in self.state_dict().items()}
-        save_file(state, str(temporary))
-        with open(temporary, "rb") as handle:
-            os.fsync(handle.fileno())
-        os.replace(temporary, path)
+        with atomic_open(Path(folder) / PROJECTION_NAME, "wb") as handle:
+            handle.write(save(state))
 
     def load(self, folder: str | os.PathLike) -> None:
         """Load the weights written by `save` from `folder`, onto this module's device and dtype."""

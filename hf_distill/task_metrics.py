@@ -32,6 +32,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from .labels import IGNORE_INDEX
+
 if TYPE_CHECKING:
     from .tasks import Task
 
@@ -52,7 +54,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-IGNORE = -100
+IGNORE = IGNORE_INDEX
 _PUNCTUATION = set(string.punctuation)
 _HUB_METRICS: dict[str, object | None] = {}  # name -> evaluate module, or None when it could not be loaded
 _FALLBACK_ANNOUNCED = False

@@ -46,6 +46,7 @@ import numpy as np
 import torch
 
 from .artifacts import atomic_write_text
+from .labels import LABEL_COLUMNS  # excluded from the key: they do not change the teacher's logits
 
 __all__ = [
     "EXAMPLE_LOGITS",
@@ -64,7 +65,6 @@ logger = logging.getLogger(__name__)
 TEACHER_LOGITS = "teacher_logits"  # the column (and batch key) holding the cached logits
 # causal LMs: per position, the k kept token ids, their log-probabilities at T, and the log-probability of the rest
 TOP_K_COLUMNS = ("teacher_top_k_indices", "teacher_top_k_log_probs", "teacher_top_k_tail")
-LABEL_COLUMNS = ("label", "labels", "label_ids")  # do not change the teacher's logits
 CACHE_FORMAT = 1
 _KEY_FILE = "cache_key.json"
 

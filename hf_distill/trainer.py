@@ -16,13 +16,13 @@ from typing import Any
 import torch
 from torch import nn
 from transformers import PreTrainedModel, Trainer
-from transformers.trainer_utils import get_last_checkpoint
 
 from . import checks, engines, tasks, teacher_cache, terms
 from .args import DistillationArguments
 from .artifacts import CONFIG_NAME, HISTORY_NAME, DistillationRecord, library_versions, write_artifacts
 from .attention import AttentionRecorder, ProjectionRecorder
 from .card import CARD_NAME, teacher_lineage, trainer_model_card, write_model_card
+from .errors import DistillationSettingError
 from .guards import NonFiniteLossGuard
 from .lm_head import ProjectionCapture, fused_projection_problem
 from .modeling import check_teacher_layers, count_layers, count_parameters, default_layer_map, num_layers
@@ -106,6 +106,7 @@ class DistillationTrainer(Trainer):
         # The active loss terms (hf_distill/terms.py) and what they need from the models, read once.
         self._terms, self._needs = terms.active_terms(args.setting), terms.needs_of(args.setting)
         self.task = _check_tasks(model, teacher_model)
+        checks.check_models(model, teacher_model, kwargs.get("processing_class"))  # labels, vocabulary, tokenizer
         self.layer_map = _check_pair(model, teacher_model, args, self._needs)
         widths = _projection_widths(model, teacher_model, args, self._needs)  # (student, teacher) when W_h is needed
         if widths is not None and (kwargs.get("optimizers") or (None, None))[0] is not None:
@@ -115,14 +116,14 @@ class DistillationTrainer(Trainer):
                 "ready-made optimizer that cannot hold it. Leave `optimizers` unset and choose the optimizer with "
                 "`optim` / `optim_args` or `optimizer_cls_and_kwargs`; the projection gets its own param group."
             )
-        checks.check_models(model, teacher_model, kwargs.get("processing_class"))
         if args.teacher_cache_dir is not None:
             if self.task.teacher_cache is None:
                 cached = "; ".join(f"{t.teacher_cache.description} for {t.name}" for t in tasks.TASKS.values()
                                    if t.teacher_cache is not None)  # fmt: skip
-                raise ValueError(
+                raise DistillationSettingError(
                     f"teacher_cache_dir={args.teacher_cache_dir!r} caches {cached}; this is a {self.task.name} "
-                    f"model: {self.task.no_cache_reason}. Leave teacher_cache_dir unset."
+                    f"model: {self.task.no_cache_reason}. Leave teacher_cache_dir unset.",
+                    "teacher_cache_dir",
                 )
             teacher_cache.check_cacheable(kwargs.get("train_dataset"))
 
@@ -183,8 +184,8 @@ class DistillationTrainer(Trainer):
                 reason = fused_projection_problem(model)
                 problem = problem or (f"the {who}'s {reason}" if reason else None)
         if problem and requested:
-            raise ValueError(f"fuse_lm_head=True cannot be honoured: {problem}. Set fuse_lm_head=False (or leave it "
-                             "unset to fuse only where possible).")  # fmt: skip
+            message = f"fuse_lm_head=True cannot be honoured: {problem}. Set fuse_lm_head=False (or leave it unset to "
+            raise DistillationSettingError(message + "fuse only where possible).", "fuse_lm_head")
         return problem is None
 
     @torch.no_grad()
@@ -235,7 +236,8 @@ class DistillationTrainer(Trainer):
     def _cached_teacher_logits(self, dataset):
         """The teacher's logits on `dataset`, row for row, from the cache or computed once and stored there."""
         seen = self._remove_unused_columns(dataset, description="teacher cache")  # exactly what the collator gets
-        precision = "bf16" if self.args.bf16 else "fp16" if self.args.fp16 else "fp32"
+        precision = engines.mixed_precision_of(self.args)
+        precision = "fp32" if precision == "no" else precision  # how cache keys have always spelled it
         precision += f"/teacher:{self._teacher_dtype}"  # a teacher cast to another dtype gives other logits
         cache = self.task.teacher_cache  # what is stored: class logits per example, a top-k summary per token
         key, parts = teacher_cache.teacher_cache_key(
@@ -263,16 +265,18 @@ class DistillationTrainer(Trainer):
         args, what = self.args, f"hidden sizes {widths[0]} (student) and {widths[1]} (teacher)"
         if self.is_deepspeed_enabled or self.is_fsdp_enabled:
             engine = "DeepSpeed" if self.is_deepspeed_enabled else "FSDP"
-            raise ValueError(
+            raise DistillationSettingError(
                 f"hidden_weight={args.hidden_weight} with {what} trains a learned projection outside the student, "
                 f"which {engine} would neither shard nor step. Train with DDP (plain torchrun) instead, or use a "
-                "student of the teacher's width (build_student keeps it), or set hidden_weight=0."
+                "student of the teacher's width (build_student keeps it), or set hidden_weight=0.",
+                "hidden_weight",
             )
         optim = getattr(args.optim, "value", args.optim)
         if "layerwise" in optim or optim in ("lomo", "adalomo"):
-            raise ValueError(
+            raise DistillationSettingError(
                 f"optim={optim!r} updates parameters inside the backward pass of the student only, so the learned "
-                f"hidden-state projection ({what}) would never train. Choose another optim, e.g. 'adamw_torch'."
+                f"hidden-state projection ({what}) would never train. Choose another optim, e.g. 'adamw_torch'.",
+                "optim",
             )
         reference = next(student.parameters())
         init_std = getattr(getattr(student, "config", None), "initializer_range", 0.02)
@@ -465,10 +469,17 @@ class DistillationTrainer(Trainer):
     # ---- artifacts -------------------------------------------------------------------------------------------
 
     def train(self, resume_from_checkpoint: str | bool | None = None, *args: Any, **kwargs: Any):
-        resume_from_checkpoint = checks.before_train(self, resume_from_checkpoint)  # data, checkpoint, settings
+        keep = None
+        if self.args.remove_unused_columns:  # the columns the collator will see
+            self._set_signature_columns_if_needed()
+            keep = set(self._signature_columns or []) or None
+        resume_from_checkpoint = checks.before_train(  # data, then the newest complete checkpoint and its settings
+            self.accelerator.unwrap_model(self.model), self.teacher_model, self.args, self.task, self.train_dataset,
+            self.eval_dataset, self.data_collator, keep, resume_from_checkpoint, record=self.distillation_record,
+        )  # fmt: skip
         if resume_from_checkpoint is not None and self.hidden_projection is not None:
             self.hidden_projection.load(resume_from_checkpoint)  # the optimizer state follows in Trainer.train
-        self._prior_training_seconds = _recorded_training_seconds(resume_from_checkpoint, self.args.output_dir)
+        self._prior_training_seconds = _recorded_training_seconds(resume_from_checkpoint)
         self._train_started, self._train_finished = time.monotonic(), None
         try:
             return super().train(resume_from_checkpoint, *args, **kwargs)
@@ -575,7 +586,8 @@ def _student_and_teacher(
         try:
             model = build_student(model, args.student_num_layers, args.student_layers)
         except ValueError as error:
-            raise ValueError(f"student_num_layers / student_layers: {error}") from error
+            message = f"student_num_layers / student_layers: {error}"
+            raise DistillationSettingError(message, ("student_num_layers", "student_layers")) from error
     elif teacher is model:
         raise ValueError(
             "`teacher_model` is the same object as `model`: pass a separate (frozen) teacher, or set "
@@ -620,29 +632,10 @@ def _check_tasks(student: nn.Module, teacher: nn.Module) -> tasks.Task:
 def _check_pair(
     student: nn.Module, teacher: nn.Module, args: DistillationArguments, needs: frozenset[str]
 ) -> list[int] | None:
-    """Validate teacher against student before any work is done; return the resolved layer map (None when no term
-    compares layers: logit distillation needs no layer list, so it works on any model with a supported head)."""
-    s_config, t_config = getattr(student, "config", None), getattr(teacher, "config", None)
-    s_labels, t_labels = getattr(s_config, "num_labels", None), getattr(t_config, "num_labels", None)
-    if s_labels is not None and t_labels is not None and s_labels != t_labels:
-        raise ValueError(
-            f"teacher has num_labels={t_labels} but the student has num_labels={s_labels}: they must predict the "
-            "same label set. Build the student with the teacher's num_labels, id2label and label2id."
-        )
-    s_vocab, t_vocab = getattr(s_config, "vocab_size", None), getattr(t_config, "vocab_size", None)
-    if s_vocab is not None and t_vocab is not None and s_vocab != t_vocab:
-        raise ValueError(
-            f"teacher vocab_size={t_vocab} differs from student vocab_size={s_vocab}: both models read the same "
-            "input_ids, so they need the same tokenizer. Build the student from the teacher (build_student)."
-        )
-    s_width, t_width = getattr(s_config, "hidden_size", None), getattr(t_config, "hidden_size", None)
-    if args.hidden_weight > 0 and args.hidden_loss == "cosine" and s_width != t_width:
-        raise ValueError(
-            f"hidden_loss='cosine' (DistilBERT) compares hidden states directly, but the student's hidden_size is "
-            f"{s_width} and the teacher's {t_width}. Use hidden_loss='mse', which learns a projection (TinyBERT's "
-            "W_h) for unequal widths, or a student of the teacher's width (build_student keeps it), or set "
-            f"hidden_weight=0 (now {args.hidden_weight})."
-        )
+    """Resolve and check the layer map before any work is done; return it (None when no term
+    compares layers: logit distillation needs no layer list, so it works on any model with a supported head).
+
+    (Labels, vocabulary and tokenizer are `checks.check_models`'; the hidden widths `_projection_widths`'.)"""
     uses_layers = "layer_map" in needs
     try:
         student_layers, teacher_layers = num_layers(student), num_layers(teacher)
@@ -658,17 +651,30 @@ def _check_pair(
 def _projection_widths(
     student: nn.Module, teacher: nn.Module, args: DistillationArguments, needs: frozenset[str]
 ) -> tuple[int, int] | None:
-    """`(student, teacher)` hidden sizes when the MSE hidden-state term needs a learned projection, else None."""
+    """`(student, teacher)` hidden sizes when the MSE hidden-state term needs a learned projection, else None.
+
+    The one check of the two models' hidden widths: the cosine term needs equal widths, the MSE term known ones."""
     s_width = getattr(getattr(student, "config", None), "hidden_size", None)
     t_width = getattr(getattr(teacher, "config", None), "hidden_size", None)
-    if "projection" in needs and s_width != t_width:
-        if s_width is None or t_width is None:
-            raise ValueError(
-                f"hidden_weight={args.hidden_weight} needs both models' config.hidden_size to size the hidden-state "
-                f"projection, but the student's is {s_width} and the teacher's {t_width}. Set hidden_weight=0."
-            )
-        return s_width, t_width
-    return None
+    if args.hidden_weight == 0 or s_width == t_width:
+        return None
+    if args.hidden_loss == "cosine":
+        raise DistillationSettingError(
+            f"hidden_loss='cosine' (DistilBERT) compares hidden states directly, but the student's hidden_size is "
+            f"{s_width} and the teacher's {t_width}. Use hidden_loss='mse', which learns a projection (TinyBERT's "
+            "W_h) for unequal widths, or a student of the teacher's width (build_student keeps it), or set "
+            f"hidden_weight=0 (now {args.hidden_weight}).",
+            ("hidden_loss", "hidden_weight"),
+        )
+    if "projection" not in needs:
+        return None
+    if s_width is None or t_width is None:
+        raise DistillationSettingError(
+            f"hidden_weight={args.hidden_weight} needs both models' config.hidden_size to size the hidden-state "
+            f"projection, but the student's is {s_width} and the teacher's {t_width}. Set hidden_weight=0.",
+            "hidden_weight",
+        )
+    return s_width, t_width
 
 
 def _check_heads(args: DistillationArguments, student: AttentionRecorder, teacher: AttentionRecorder) -> None:
@@ -676,10 +682,11 @@ def _check_heads(args: DistillationArguments, student: AttentionRecorder, teache
         return
     for s_layer, (s_heads, t_heads) in enumerate(zip(student.num_heads, teacher.num_heads)):
         if s_heads != t_heads:
-            raise ValueError(
+            raise DistillationSettingError(
                 f"attention_loss={args.attention_loss!r} compares heads one to one, but student layer {s_layer} has "
                 f"{s_heads} heads and teacher layer {teacher.layer_indices[s_layer]} has {t_heads}. Use "
-                "attention_loss='mse'."
+                "attention_loss='mse'.",
+                "attention_loss",
             )
 
 
@@ -688,31 +695,31 @@ def _relation_heads(args: DistillationArguments, student: ProjectionRecorder, te
     s_geometry, t_geometry = student.geometry, teacher.geometry
     if args.relation_loss == "value":  # MiniLM compares each value head's relation one to one
         if s_geometry.num_key_value_heads != t_geometry.num_key_value_heads:
-            raise ValueError(
+            raise DistillationSettingError(
                 f"relation_loss='value' compares attention heads one to one, but the student's last layer has "
                 f"{s_geometry.num_key_value_heads} value heads and teacher layer {teacher.layer_index} has "
-                f"{t_geometry.num_key_value_heads}. Use relation_loss='qkv', which works with any head counts."
+                f"{t_geometry.num_key_value_heads}. Use relation_loss='qkv', which works with any head counts.",
+                "relation_loss",
             )
         return t_geometry.num_key_value_heads
     heads = args.relation_heads or t_geometry.num_heads
     for who, geometry in (("student", s_geometry), ("teacher", t_geometry)):
         widths = set(geometry.widths.values())
         if any(width % heads for width in widths):
-            raise ValueError(
+            raise DistillationSettingError(
                 f"relation_heads={heads} must divide the {who}'s query/key/value widths {sorted(widths)}. Choose "
                 f"relation_heads that divides both models' widths, e.g. "
-                f"{math.gcd(*s_geometry.widths.values(), *t_geometry.widths.values())}."
+                f"{math.gcd(*s_geometry.widths.values(), *t_geometry.widths.values())}.",
+                "relation_heads",
             )
     return heads
 
 
-def _recorded_training_seconds(resume_from_checkpoint: str | bool | None, output_dir: str) -> float:
-    """Training time already spent before the checkpoint we resume from (0 for a fresh run)."""
-    if resume_from_checkpoint is True:
-        resume_from_checkpoint = get_last_checkpoint(output_dir) if os.path.isdir(output_dir) else None
-    if not resume_from_checkpoint:
+def _recorded_training_seconds(checkpoint: str | None) -> float:
+    """Training time already spent before the (resolved) checkpoint we resume from (0 for a fresh run)."""
+    if checkpoint is None:
         return 0.0
-    file = Path(resume_from_checkpoint) / CONFIG_NAME
+    file = Path(checkpoint) / CONFIG_NAME
     try:
         return float(json.loads(file.read_text(encoding="utf-8")).get("training_time_seconds") or 0.0)
     except (OSError, ValueError):

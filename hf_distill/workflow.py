@@ -19,10 +19,13 @@ from torch import nn
 from .args import DistillationArguments
 from .artifacts import CONFIG_NAME, HISTORY_NAME, training_history
 from .augment import augment_dataset, embedding_neighbours
-from .cli import ModelArguments, RunArguments, check_output_dir, check_resumable, remove_checkpoints
+from .checks import check_same_labels, check_tokenizer_fits
+from .command_args import ModelArguments, RunArguments
 from .data import DataArguments
+from .errors import DistillationSettingError
 from .evaluation import evaluate_model
 from .modeling import count_layers, count_parameters
+from .output_dir import check_output_dir, check_resumable, remove_checkpoints
 from .plots import PLOT_NAME, plot_training_curves
 from .report import REPORT_JSON, REPORT_MD, compare, speedup, write_report
 from .task_data import TaskData, prepare_task_data, resolve_task
@@ -70,13 +73,13 @@ def _load(option: str, name: str, loader, **kwargs):
 
 
 def _check_vocabulary(tokenizer, model: nn.Module, role: str) -> None:
-    embeddings = model.get_input_embeddings().num_embeddings
-    if len(tokenizer) > embeddings:
-        raise ValueError(
-            f"the tokenizer has {len(tokenizer)} tokens but the {role}'s input embeddings have only {embeddings} "
-            f"rows: it is not the {role}'s tokenizer. Use the teacher's tokenizer (drop --tokenizer_name or point it "
-            "at the teacher) and a student with the teacher's vocabulary."
-        )
+    """`checks.check_tokenizer_fits`, worded for the command, before anything is built from the tokenizer."""
+    fix = (
+        f"It is not the {role}'s tokenizer. Use the teacher's tokenizer (drop --tokenizer_name or point it at the "
+        "teacher) and a student with the teacher's vocabulary."
+    )
+    source = getattr(tokenizer, "name_or_path", None) or type(tokenizer).__name__
+    check_tokenizer_fits(tokenizer, model, role, option=f"tokenizer {source!r}", fix=fix)
 
 
 def _ensure_padding_token(tokenizer) -> None:
@@ -126,12 +129,7 @@ def _loaded_student(model_args: ModelArguments, teacher: nn.Module, auto_class, 
     if model_args.student_model_name_or_path is None:
         return None
     student = _load("student_model_name_or_path", model_args.student_model_name_or_path, auto_class, **remote)
-    t_labels, s_labels = teacher.config.id2label, student.config.id2label
-    if {int(k): v for k, v in t_labels.items()} != {int(k): v for k, v in s_labels.items()}:
-        raise ValueError(
-            f"the student's labels {s_labels} differ from the teacher's {t_labels}: they must predict the same "
-            "label set (same num_labels and id2label)."
-        )
+    check_same_labels(student, teacher, strict=True)  # a saved student naming other classes is another task's
     return student
 
 
@@ -207,15 +205,9 @@ def prepare_run(
         source = f"built from teacher layers {student.config.distillation_teacher_layers}"
     else:
         source = f"`{model_args.student_model_name_or_path}`"
-    if resume_from is not None:
-        record = trainer.distillation_record()
-        expected = training_args.distillation_settings() | {
-            "layer_map": trainer.layer_map,
-            "teacher_model": trainer.teacher_name_or_path,
-            "student_num_layers": record.student_num_layers,
-            "student_layers_from_teacher": record.student_layers_from_teacher,
-        }
-        check_resumable(resume_from, expected)
+    if resume_from is not None:  # the settings DistillationTrainer.train() compares too, refused here before any work
+        if not training_args.allow_resume_with_different_settings:
+            check_resumable(resume_from, trainer.distillation_record())
         _check_unfinished(trainer, resume_from)
         logger.info("Resuming from %s (its distillation settings match this run's).", resume_from)
     elif run_args.overwrite_output_dir:
@@ -277,6 +269,9 @@ class _TransferSet:
         return augmented
 
 
+_LAYER_TERM_WEIGHTS = ("gamma", "relation_weight", "hidden_weight")  # terms that need more than the logits
+
+
 def _trainer(task: Task, student, teacher, training_args, data: TaskData, tokenizer, metrics: TaskMetrics):
     """The `DistillationTrainer`; when it refuses a term the models cannot provide, the error names the flag."""
     try:
@@ -286,18 +281,18 @@ def _trainer(task: Task, student, teacher, training_args, data: TaskData, tokeni
             compute_metrics=lambda prediction: metrics.compute(prediction.predictions, prediction.label_ids),
             preprocess_logits_for_metrics=metrics.preprocess,
         )  # fmt: skip
-    except ValueError as error:
-        names = [n for n in ("gamma", "relation_weight", "hidden_weight")
-                 if f"{n}=0" in str(error) and getattr(training_args, n) > 0]  # fmt: skip
+    except DistillationSettingError as error:  # the weights that turn the refused term off, where they are on
+        names = [n for n in error.settings if n in _LAYER_TERM_WEIGHTS and getattr(training_args, n) > 0]
         if not names:
             raise
         flags = " ".join(f"--{n} 0" for n in names)
         settings = ", ".join(f"{n}={getattr(training_args, n)}" for n in names)
         recipe = f"--recipe {training_args.recipe}" if training_args.recipe else "the default recipe"
-        raise ValueError(
+        raise DistillationSettingError(
             f"{error} On the command line add {flags} ({recipe} sets {settings}); a {task.name} model without "
             "separate query/key/value projections, or with rotary positions (GPT-2, Llama), is distilled from its "
-            "logits alone."
+            "logits alone.",
+            error.settings,
         ) from error
 
 

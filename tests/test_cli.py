@@ -369,6 +369,31 @@ def test_resumes_when_settings_match_and_refuses_when_they_differ(assets, tmp_pa
     assert json.loads((out / "report.json").read_text())["training"]["resumed_from"].endswith("checkpoint-2")
 
 
+def test_resumes_from_the_checkpoint_before_a_save_cut_half_way(assets, tmp_path, capsys, caplog, monkeypatch):
+    """The command skips a checkpoint whose save was interrupted after the weights (no trainer state), as
+    `DistillationTrainer.train(resume_from_checkpoint=True)` does (tests/test_resume_paths.py)."""
+    from test_resume_paths import SaveCut, cut_save_at
+
+    out = tmp_path / "out"
+    argv = cli_args(assets, out, max_steps=2, save_steps=1, eval_strategy="no")
+    with monkeypatch.context() as patch:
+        cut_save_at(patch, 2)
+        with pytest.raises(SaveCut):
+            main(argv)
+    capsys.readouterr()
+    cut = out / "checkpoint-2"
+    assert (cut / "model.safetensors").is_file() and not (cut / "trainer_state.json").exists()
+
+    with caplog.at_level("INFO", logger="hf_distill"):
+        code, err = run_cli(argv, capsys)
+    assert code == 0, err
+    assert "Skipping incomplete checkpoint(s)" in caplog.text
+    assert "checkpoint-2 (missing trainer_state.json)" in caplog.text
+    report = json.loads((out / "report.json").read_text())
+    assert report["training"]["resumed_from"].endswith("checkpoint-1") and report["training"]["global_step"] == 2
+    assert [e["step"] for e in load_training_history(out)["train"]] == [1, 2]  # step 1 kept, step 2 redone once
+
+
 def test_overwrite_output_dir_starts_afresh(assets, tmp_path, capsys):
     out = tmp_path / "out"
     assert run_cli(cli_args(assets, out, max_steps=4, save_steps=1), capsys)[0] == 0

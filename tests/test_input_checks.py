@@ -62,6 +62,18 @@ def test_default_label_names_on_one_side_only_warn(tmp_path, caplog):
     assert "copy the teacher's id2label" in caplog.text
 
 
+def test_one_label_rule_lenient_for_the_trainer_strict_for_the_command(caplog):
+    from hf_distill.checks import check_same_labels
+
+    named, unnamed = tiny_bert(num_layers=2, id2label={0: "neg", 1: "pos"}), tiny_bert(num_layers=2)
+    check_same_labels(named, unnamed)  # the trainer: LABEL_0/LABEL_1 is unnamed, a warning
+    assert "copy the teacher's id2label" in caplog.text
+    with pytest.raises(ValueError, match=r"the student's labels \(id2label=\{0: 'neg', 1: 'pos'\}\) differ from"):
+        check_same_labels(named, unnamed, strict=True)  # the command: a saved student naming other classes
+    with pytest.raises(ValueError, match="num_labels=3 but the student has num_labels=2"):
+        check_same_labels(unnamed, tiny_bert(num_layers=2, num_labels=3), strict=False)
+
+
 def test_vocab_size_mismatch_refused(tmp_path):
     teacher = tiny_bert(num_layers=4)
     teacher.resize_token_embeddings(80)  # e.g. tokens added to the teacher's tokenizer after the student was built

@@ -12,6 +12,7 @@ from typing import Any
 
 import torch
 
+from ..labels import IGNORE_INDEX
 from ..losses import token_hard_label_loss
 from ..task_metrics import language_model_scores
 from .base import register_task
@@ -90,7 +91,7 @@ def _masked_lm(splits, args, tokenizer):
     evaluation = encoded["validation"].remove_columns("input_ids").add_column(
         "input_ids", [r["input_ids"][0].tolist() for r in rows]
     ).add_column("labels", [r["labels"][0].tolist() for r in rows])  # fmt: skip
-    if not any(label != -100 for r in rows for label in r["labels"][0].tolist()):
+    if not any(label != IGNORE_INDEX for r in rows for label in r["labels"][0].tolist()):
         raise ValueError(
             f"masking {MLM_PROBABILITY:.0%} of the evaluation set's tokens left none masked: it is too small to "
             "score. Give more or longer evaluation texts (--validation_file, --max_eval_samples)."

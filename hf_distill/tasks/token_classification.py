@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from ..labels import IGNORE_INDEX
 from ..task_metrics import IGNORE, TaskMetrics, entity_scores, is_iob2
 from .base import register_task
 from .token_level import TokenLevelTask
@@ -133,7 +134,7 @@ def _encode_words(words: list[list[str]], word_labels: list[list[int]], tokenize
     for i, row in enumerate(word_labels):
         previous, row_labels = None, []
         for word in encoding.word_ids(i):
-            row_labels.append(-100 if word is None or word == previous else row[word])
+            row_labels.append(IGNORE_INDEX if word is None or word == previous else row[word])
             previous = word
         labels.append(row_labels)
     return Dataset.from_dict({**encoding, "labels": labels})
