@@ -214,7 +214,11 @@ def converged_teacher(opts, train, val, collator, tokenizer, data_key: str):
         compute_metrics=compute_metrics,
         callbacks=[EarlyStoppingCallback(early_stopping_patience=opts.teacher_patience)],
     )  # fmt: skip
-    trainer.train()
+    # An interrupted fine-tuning resumes from its newest checkpoint (the folder is keyed on the settings).
+    resume = any(path.name.startswith("checkpoint-") for path in work.glob("checkpoint-*")) and not opts.quick
+    if resume:
+        print(f"teacher: resuming from the newest checkpoint in {work.relative_to(_common.ROOT)}", flush=True)
+    trainer.train(resume_from_checkpoint=True if resume else None)
     curve = [(h["step"], h["eval_accuracy"]) for h in trainer.state.log_history if "eval_accuracy" in h]
     info = {
         "val_accuracy": accuracy(teacher, val, collator), "best_checkpoint": trainer.state.best_model_checkpoint,
