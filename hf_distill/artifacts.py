@@ -18,8 +18,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
-from .terms import loss_formula
-
 __all__ = [
     "CONFIG_NAME",
     "HISTORY_NAME",
@@ -35,8 +33,18 @@ logger = logging.getLogger(__name__)
 
 CONFIG_NAME = "distillation_config.json"
 HISTORY_NAME = "training_history.json"
-# The built-in terms' formula; a record carries the formula of every registered term (`hf_distill.terms`).
-LOSS_FORMULA = loss_formula()
+# The built-in terms' formula (`hf_distill.terms.loss_formula()` with no term registered; a test checks they agree).
+LOSS_FORMULA = (
+    "alpha * CE(s, y) + beta * T^2 * KL(softmax(t/T) || softmax(s/T)) + gamma * L_attn + hidden_weight * L_hidden"
+    " + relation_weight * L_relation"
+)
+
+
+def _loss_formula() -> str:
+    """The formula of every registered term, read when a record is made (imported here: this module stands alone)."""
+    from .terms import loss_formula
+
+    return loss_formula()
 
 
 @dataclass
@@ -44,7 +52,7 @@ class DistillationRecord:
     """The lineage and settings of a distilled student, as saved in `distillation_config.json`."""
 
     method: str = "knowledge_distillation"
-    loss_formula: str = field(default_factory=loss_formula)
+    loss_formula: str = field(default_factory=_loss_formula)
     kd_loss_convention: str = "KL(teacher || student) at temperature T, multiplied by T^2 (Hinton et al., 2015)"
     teacher_model: str | None = None
     teacher_architecture: str | None = None
