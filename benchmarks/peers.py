@@ -103,6 +103,7 @@ class Floor:
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()
+        return loss.item()
 
 
 class TrainerStep:
@@ -115,9 +116,10 @@ class TrainerStep:
         self.student = trainer.model
 
     def step(self, batch):
-        self.trainer.training_step(self.trainer.model, dict(batch))
+        loss = self.trainer.training_step(self.trainer.model, dict(batch))
         self.trainer.optimizer.step()
         self.trainer.optimizer.zero_grad()
+        return loss.item()
 
 
 def build(name: str, teacher, student, opts, workdir: str):
@@ -143,6 +145,50 @@ def build(name: str, teacher, student, opts, workdir: str):
     raise ValueError(f"unknown configuration {name!r}")
 
 
+def first_steps(runners: dict, batch) -> tuple[dict[str, float], dict[str, float]]:
+    """One untimed step of each runner (its warm-up) under the profiler: peak tensor MiB above what was live, and
+    the loss of that step (the same initial student and batch for all: equal objectives give equal losses)."""
+    peaks, losses = {}, {}
+    for name, runner in runners.items():
+        peaks[name], losses[name] = _common.tensor_peak_mb(functools.partial(runner.step, batch))
+    return peaks, losses
+
+
+def run_rounds(runners: dict, data: list, rounds: int, steps: int) -> dict[str, list[float]]:
+    """Median seconds per step of every runner in each round; rounds interleave the runners in a rotated order.
+
+    Round `r` gives every runner the same batches `data[r * steps : (r + 1) * steps]`.
+    """
+    names = list(runners)
+    times = {name: [] for name in names}
+    for round_index in range(rounds):
+        order = names[round_index % len(names) :] + names[: round_index % len(names)]
+        for name in order:
+            seconds = []
+            for batch in data[round_index * steps : (round_index + 1) * steps]:
+                started = time.perf_counter()
+                runners[name].step(batch)
+                seconds.append(time.perf_counter() - started)
+            times[name].append(statistics.median(seconds))
+        print(f"round {round_index + 1}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names), flush=True)
+    return times
+
+
+def summarise(times: dict[str, list[float]], peaks: dict[str, float], bases: tuple[str, ...]) -> list[dict]:
+    """Per runner: median s/step, peak tensor MiB, and against each base the median per-round ratio and its range."""
+    rows = []
+    for name, seconds in times.items():
+        row = {"config": name, "s_per_step": round(statistics.median(seconds), 3),
+               "peak_tensor_MiB": round(peaks[name], 1)}  # fmt: skip
+        for base in bases:
+            if base in times and base != name:
+                ratios = [a / b for a, b in zip(seconds, times[base])]
+                row[f"vs_{base}"] = round(statistics.median(ratios), 3)
+                row[f"vs_{base}_range"] = f"{min(ratios):.2f}..{max(ratios):.2f}"
+        rows.append(row)
+    return rows
+
+
 def main(argv: list[str] | None = None) -> None:
     opts = parse_args(argv)
     torch.set_num_threads(opts.threads)
@@ -158,36 +204,15 @@ def main(argv: list[str] | None = None) -> None:
         except ImportError as error:
             skipped[name] = f"{type(error).__name__}: {error}"
             print(f"skipped {name}: {skipped[name]}")
-    names = list(runners)
-    peaks = {}
-    for name in names:  # one untimed step each: warm-up and peak tensor memory
-        peaks[name], _ = _common.tensor_peak_mb(functools.partial(runners[name].step, data[-1]))
-    times = {name: [] for name in names}  # per round: median seconds per step
-    for round_index in range(opts.rounds):
-        order = names[round_index % len(names) :] + names[: round_index % len(names)]
-        for name in order:
-            steps = []
-            for batch in data[round_index * opts.steps : (round_index + 1) * opts.steps]:
-                started = time.perf_counter()
-                runners[name].step(batch)
-                steps.append(time.perf_counter() - started)
-            times[name].append(statistics.median(steps))
-        print(f"round {round_index + 1}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names), flush=True)
-    rows = []
-    for name in names:
-        row = {"config": name, "s_per_step": round(statistics.median(times[name]), 3),
-               "peak_tensor_MiB": round(peaks[name], 1)}  # fmt: skip
-        for base in ("floor", "trl_gkd"):
-            if base in times and base != name:
-                ratios = [a / b for a, b in zip(times[name], times[base])]
-                row[f"vs_{base}"] = round(statistics.median(ratios), 3)
-                row[f"vs_{base}_range"] = f"{min(ratios):.2f}..{max(ratios):.2f}"
-        rows.append(row)
+    peaks, losses = first_steps(runners, data[-1])
+    times = run_rounds(runners, data, opts.rounds, opts.steps)
+    rows = summarise(times, peaks, bases=("floor", "trl_gkd"))
     print(f"\ncausal LM: GPT-2 4 -> 2 layers, width {opts.width}, V={opts.vocab}, seq {opts.seq}, batch {opts.batch},"
           f" {opts.threads} thread(s); {opts.rounds} rounds x {opts.steps} steps")  # fmt: skip
     _common.print_table(rows, list(dict.fromkeys(k for r in rows for k in r)))
+    print("loss of the first (untimed) step: " + ", ".join(f"{n} {v:.5f}" for n, v in losses.items()))
     _common.write_results(opts.output, {"machine": info, "options": vars(opts), "rows": rows, "skipped": skipped,
-                                        "round_seconds": times})  # fmt: skip
+                                        "round_seconds": times, "first_step_loss": losses})  # fmt: skip
 
 
 if __name__ == "__main__":
