@@ -13,13 +13,15 @@ Every configuration has its own copy of the same initial student and its own Ada
 batches. Rounds are interleaved (every configuration runs `--steps` steps per round, in a rotated order), so
 load from other processes hits them alike; the ratio to the floor is taken per round and reported as the median
 with its range. Peak tensor memory is measured once per configuration on one extra step
-(`_common.tensor_peak_mb`, profiler allocation events, above the models in place).
+(`_common.tensor_peak_mb`, profiler allocation events, above the models in place); the peak RSS above the RSS
+before training, sampled over 2 steps in a fresh process per configuration (`_common.rss_rise_mb`; `--no-rss`
+skips it), also sees what the profiler does not (buffers inside kernels, the allocator's cached memory).
 
 Peers are benchmark extras, never library dependencies: `pip install --no-deps trl` (see docs/benchmarks.md).
 A peer that cannot be imported is reported as skipped, with the reason.
 
     nice python benchmarks/peers.py                      # about 10 minutes on 2 busy cores
-    nice python benchmarks/peers.py --rounds 1 --steps 1 # smoke run
+    nice python benchmarks/peers.py --rounds 1 --steps 1 --no-rss # smoke run
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,8 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration and round")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: see docs/benchmarks.md)")
-    parser.add_argument("--configs", nargs="+", default=["floor", "ours", "ours_fused", "trl_gkd"])
+    configs = ["floor", "ours", "ours_fused", "trl_gkd"]
+    parser.add_argument("--configs", nargs="+", default=configs, choices=configs)
+    parser.add_argument("--no-rss", action="store_true", help="skip the per-configuration RSS processes")
     parser.add_argument("--output", default="peers_causal_lm_cpu")
+    parser.add_argument("--rss-child", choices=configs, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -189,24 +196,59 @@ def summarise(times: dict[str, list[float]], peaks: dict[str, float], bases: tup
     return rows
 
 
-def main(argv: list[str] | None = None) -> None:
-    opts = parse_args(argv)
-    torch.set_num_threads(opts.threads)
-    info = _common.machine_info()
-    _common.print_machine(info)
+def rss_child(runner, data: list) -> None:
+    """Run `runner` on `data` in this fresh process and print its RSS rise (as JSON, for `rss_in_fresh_process`)."""
+    rise, _ = _common.rss_rise_mb(lambda: [runner.step(batch) for batch in data])
+    print("RSS " + json.dumps({"rss_rise_MiB": rise, "process_peak_rss_MiB": _common.peak_rss_mb()}))
+
+
+def rss_in_fresh_process(script: str, argv: list[str]) -> dict:
+    """Run `script --rss-child NAME ...` (see `rss_child`) and return what it printed."""
+    result = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, check=False)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RSS ")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"RSS run {argv} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RSS ") :])
+
+
+def add_rss(rows: list[dict], script: str, child_argv) -> None:
+    """Add each configuration's RSS rise, measured in a fresh process (`child_argv(name)`), to its row."""
+    for row in rows:
+        rss = rss_in_fresh_process(script, child_argv(row["config"]))
+        row["rss_rise_MiB"] = round(rss["rss_rise_MiB"], 1)
+        print(f"rss {row['config']}: {rss}", flush=True)
+
+
+def build_all(opts, workdir: str) -> tuple[dict, dict]:
     teacher, initial = gpt2(4, opts, seed=1), gpt2(2, opts, seed=2)
-    data = batches(opts, opts.rounds * opts.steps + 1)
     runners, skipped = {}, {}
-    workdir = tempfile.mkdtemp(prefix="peers-")
     for name in opts.configs:
         try:
             runners[name] = build(name, copy.deepcopy(teacher), copy.deepcopy(initial), opts, workdir)
         except ImportError as error:
             skipped[name] = f"{type(error).__name__}: {error}"
             print(f"skipped {name}: {skipped[name]}")
+    return runners, skipped
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parse_args(argv)
+    torch.set_num_threads(opts.threads)
+    workdir = tempfile.mkdtemp(prefix="peers-")
+    if opts.rss_child:
+        opts.configs = [opts.rss_child]
+        return rss_child(build_all(opts, workdir)[0][opts.rss_child], batches(opts, 2))
+    info = _common.machine_info()
+    _common.print_machine(info)
+    runners, skipped = build_all(opts, workdir)
+    data = batches(opts, opts.rounds * opts.steps + 1)
     peaks, losses = first_steps(runners, data[-1])
     times = run_rounds(runners, data, opts.rounds, opts.steps)
     rows = summarise(times, peaks, bases=("floor", "trl_gkd"))
+    if not opts.no_rss:
+        sizes = ["--vocab", str(opts.vocab), "--width", str(opts.width), "--seq", str(opts.seq), "--batch",
+                 str(opts.batch), "--threads", str(opts.threads)]  # fmt: skip
+        add_rss(rows, __file__, lambda name: ["--rss-child", name, *sizes])
     print(f"\ncausal LM: GPT-2 4 -> 2 layers, width {opts.width}, V={opts.vocab}, seq {opts.seq}, batch {opts.batch},"
           f" {opts.threads} thread(s); {opts.rounds} rounds x {opts.steps} steps")  # fmt: skip
     _common.print_table(rows, list(dict.fromkeys(k for r in rows for k in r)))

@@ -43,9 +43,7 @@ from __future__ import annotations
 
 import argparse
 import copy
-import json
 import os
-import subprocess
 import sys
 import tempfile
 from pathlib import Path
@@ -286,52 +284,35 @@ def textbrewer_offset(opts, batch) -> float:
     return float(opts.beta * opts.temperature**2 * -(log_q.exp() * log_q).sum(-1).mean())
 
 
-def rss_child(opts) -> None:
-    """Build one configuration in this fresh process and print its RSS rise over 3 steps (as JSON)."""
-    opts.configs = [opts.rss_child]
-    runners, _ = build_all(opts, tempfile.mkdtemp(prefix="peers-seqcls-"))
-    runner = runners[opts.rss_child]
-    data = batches(opts, 3)
-    rise, _ = _common.rss_rise_mb(lambda: [runner.step(batch) for batch in data])
-    print("RSS " + json.dumps({"rss_rise_MiB": rise, "process_peak_rss_MiB": _common.peak_rss_mb()}))
-
-
-def measure_rss(opts, name: str) -> dict:
-    argv = [sys.executable, __file__, "--rss-child", name, "--threads", str(opts.threads)]
-    for option in ("vocab", "width", "heads", "seq", "batch", "temperature", "alpha", "beta", "gamma", "init_range"):
-        argv += [f"--{option.replace('_', '-')}", str(getattr(opts, option))]
-    result = subprocess.run(argv, capture_output=True, text=True, check=False, env=os.environ.copy())
-    lines = [line for line in result.stdout.splitlines() if line.startswith("RSS ")]
-    if result.returncode != 0 or not lines:
-        raise RuntimeError(f"RSS run of {name} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
-    return json.loads(lines[-1][len("RSS ") :])
-
-
 def main(argv: list[str] | None = None) -> None:
     opts = parse_args(argv)
     torch.set_num_threads(opts.threads)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    workdir = tempfile.mkdtemp(prefix="peers-seqcls-")
     if opts.rss_child:
-        return rss_child(opts)
+        opts.configs = [opts.rss_child]
+        return peers.rss_child(build_all(opts, workdir)[0][opts.rss_child], batches(opts, 3))
     info = _common.machine_info()
     _common.print_machine(info)
-    workdir = tempfile.mkdtemp(prefix="peers-seqcls-")
     runners, skipped = build_all(opts, workdir)
     data = batches(opts, opts.rounds * opts.steps + 1)
     peaks, losses = peers.first_steps(runners, data[-1])
     times = peers.run_rounds(runners, data, opts.rounds, opts.steps)
     rows = []
-    for variant in ("", "_attn"):  # each configuration against the floor of its own variant
+    for variant in ("", "_attn"):  # each configuration against the floor and the peers of its own variant
         names = [name for name in times if name.endswith("_attn") == bool(variant)]
-        rows += peers.summarise({n: times[n] for n in names}, peaks, bases=(f"floor{variant}",))
+        rows += peers.summarise({n: times[n] for n in names}, peaks, bases=tuple(c + variant for c in CONFIGS))
     for row in rows:
-        for key in [k for k in row if k.startswith("vs_floor_attn")]:
-            row[key.replace("vs_floor_attn", "vs_floor")] = row.pop(key)
+        for key in [k for k in row if k.startswith("vs_") and "_attn" in k]:
+            row[key.replace("_attn", "")] = row.pop(key)
+        for key in ("vs_ours", "vs_ours_range"):  # ours against the others, not the others against ours
+            row.pop(key, None)
     if not opts.no_rss:
-        for row in rows:
-            rss = measure_rss(opts, row["config"])
-            row["rss_rise_MiB"] = round(rss["rss_rise_MiB"], 1)
-            print(f"rss {row['config']}: {rss}", flush=True)
+        sizes = []
+        for option in ("vocab", "width", "heads", "seq", "batch", "temperature", "alpha", "beta", "gamma",
+                       "init_range", "threads"):  # fmt: skip
+            sizes += [f"--{option.replace('_', '-')}", str(getattr(opts, option))]
+        peers.add_rss(rows, __file__, lambda name: ["--rss-child", name, *sizes])
     print(f"\nsequence classification: BERT 4 -> 2 layers, width {opts.width}, {opts.heads} heads, V={opts.vocab}, "
           f"seq {opts.seq}, batch {opts.batch}, {opts.threads} thread(s); T={opts.temperature}, alpha={opts.alpha}, "
           f"beta={opts.beta}, gamma={opts.gamma} (_attn); {opts.rounds} rounds x {opts.steps} steps")  # fmt: skip
