@@ -27,15 +27,18 @@ Why these settings: without dropout and padding the four objectives are equal (T
 entropy, a constant), so the first step's losses can be compared (printed) and the timings compare the same
 work; with padding, TextBrewer pools its attention MSE over the batch, we average per example.
 
-Rounds interleave the configurations (rotated order, the same batches for all); each ratio is the median of the
-per-round ratios with their range. Memory: the peak tensor memory of one untimed step (profiler allocation
-events, above the models in place), and the peak RSS above the RSS before training, sampled over 3 steps in a
-fresh process per configuration (`--no-rss` skips it).
+Rounds interleave the configurations (rotated order, the same batches for all); each configuration is compared
+with the floor and the peers of its own variant (`vs_textbrewer` on the `ours_attn` row is against
+`textbrewer_attn`), each ratio the median of the per-round ratios with their range. Memory: the peak tensor
+memory of one untimed step (profiler allocation events, above the models in place), and the peak RSS above the
+RSS before training, sampled over 3 steps in a fresh process per configuration (`--no-rss` skips it).
+
+torchdistill imports torchvision; see docs/benchmarks.md for a CPU set-up (`PYTHONPATH=../peer-extras`).
 
 Peers are benchmark extras, never library dependencies (docs/benchmarks.md has the install lines); a peer that
 cannot be imported is reported as skipped, with the reason.
 
-    nice python benchmarks/peers_seqcls.py                       # a few minutes on 2 busy cores
+    nice python benchmarks/peers_seqcls.py                       # about 10 minutes on 2 busy cores
     nice python benchmarks/peers_seqcls.py --rounds 1 --steps 1 --no-rss   # smoke run
 """
 
