@@ -234,3 +234,37 @@ def tensor_peak_mb(fn, device: torch.device | str = "cpu") -> tuple[float, Any]:
         current += event.self_cpu_memory_usage
         peak = max(peak, current)
     return peak / 2**20, result
+
+
+def _rss_bytes() -> int:
+    """This process's resident set size now (Linux `/proc/self/statm`)."""
+    with open("/proc/self/statm") as handle:
+        return int(handle.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+
+
+def rss_rise_mb(fn, interval: float = 0.001) -> tuple[float, Any]:
+    """Peak resident set size while `fn()` runs, sampled by a thread every `interval` s, in MiB above the RSS before.
+
+    Unlike `tensor_peak_mb` it sees every allocation (inside kernels, allocator caches, Python objects), and also
+    memory freed earlier but kept by the allocator; run it in a fresh process per configuration. Linux only.
+    """
+    import threading
+
+    before = peak = _rss_bytes()
+    done = threading.Event()
+
+    def sample() -> None:
+        nonlocal peak
+        while not done.is_set():
+            peak = max(peak, _rss_bytes())
+            done.wait(interval)
+
+    sampler = threading.Thread(target=sample, daemon=True)
+    sampler.start()
+    try:
+        result = fn()
+    finally:
+        done.set()
+        sampler.join()
+    peak = max(peak, _rss_bytes())
+    return (peak - before) / 2**20, result

@@ -13,13 +13,15 @@ Every configuration has its own copy of the same initial student and its own Ada
 batches. Rounds are interleaved (every configuration runs `--steps` steps per round, in a rotated order), so
 load from other processes hits them alike; the ratio to the floor is taken per round and reported as the median
 with its range. Peak tensor memory is measured once per configuration on one extra step
-(`_common.tensor_peak_mb`, profiler allocation events, above the models in place).
+(`_common.tensor_peak_mb`, profiler allocation events, above the models in place); the peak RSS above the RSS
+before training, sampled over 2 steps in a fresh process per configuration (`_common.rss_rise_mb`; `--no-rss`
+skips it), also sees what the profiler does not (buffers inside kernels, the allocator's cached memory).
 
 Peers are benchmark extras, never library dependencies: `pip install --no-deps trl` (see docs/benchmarks.md).
 A peer that cannot be imported is reported as skipped, with the reason.
 
     nice python benchmarks/peers.py                      # about 10 minutes on 2 busy cores
-    nice python benchmarks/peers.py --rounds 1 --steps 1 # smoke run
+    nice python benchmarks/peers.py --rounds 1 --steps 1 --no-rss # smoke run
 """
 
 from __future__ import annotations
@@ -27,8 +29,10 @@ from __future__ import annotations
 import argparse
 import copy
 import functools
+import json
 import os
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -52,8 +56,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--rounds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration and round")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: see docs/benchmarks.md)")
-    parser.add_argument("--configs", nargs="+", default=["floor", "ours", "ours_fused", "trl_gkd"])
+    configs = ["floor", "ours", "ours_fused", "trl_gkd"]
+    parser.add_argument("--configs", nargs="+", default=configs, choices=configs)
+    parser.add_argument("--no-rss", action="store_true", help="skip the per-configuration RSS processes")
     parser.add_argument("--output", default="peers_causal_lm_cpu")
+    parser.add_argument("--rss-child", choices=configs, help=argparse.SUPPRESS)
     return parser.parse_args(argv)
 
 
@@ -103,6 +110,7 @@ class Floor:
         loss.backward()
         self.optimizer.step()
         self.optimizer.zero_grad()
+        return loss.item()
 
 
 class TrainerStep:
@@ -115,9 +123,10 @@ class TrainerStep:
         self.student = trainer.model
 
     def step(self, batch):
-        self.trainer.training_step(self.trainer.model, dict(batch))
+        loss = self.trainer.training_step(self.trainer.model, dict(batch))
         self.trainer.optimizer.step()
         self.trainer.optimizer.zero_grad()
+        return loss.item()
 
 
 def build(name: str, teacher, student, opts, workdir: str):
@@ -143,51 +152,109 @@ def build(name: str, teacher, student, opts, workdir: str):
     raise ValueError(f"unknown configuration {name!r}")
 
 
-def main(argv: list[str] | None = None) -> None:
-    opts = parse_args(argv)
-    torch.set_num_threads(opts.threads)
-    info = _common.machine_info()
-    _common.print_machine(info)
+def first_steps(runners: dict, batch) -> tuple[dict[str, float], dict[str, float]]:
+    """One untimed step of each runner (its warm-up) under the profiler: peak tensor MiB above what was live, and
+    the loss of that step (the same initial student and batch for all: equal objectives give equal losses)."""
+    peaks, losses = {}, {}
+    for name, runner in runners.items():
+        peaks[name], losses[name] = _common.tensor_peak_mb(functools.partial(runner.step, batch))
+    return peaks, losses
+
+
+def run_rounds(runners: dict, data: list, rounds: int, steps: int) -> dict[str, list[float]]:
+    """Median seconds per step of every runner in each round; rounds interleave the runners in a rotated order.
+
+    Round `r` gives every runner the same batches `data[r * steps : (r + 1) * steps]`.
+    """
+    names = list(runners)
+    times = {name: [] for name in names}
+    for round_index in range(rounds):
+        order = names[round_index % len(names) :] + names[: round_index % len(names)]
+        for name in order:
+            seconds = []
+            for batch in data[round_index * steps : (round_index + 1) * steps]:
+                started = time.perf_counter()
+                runners[name].step(batch)
+                seconds.append(time.perf_counter() - started)
+            times[name].append(statistics.median(seconds))
+        print(f"round {round_index + 1}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names), flush=True)
+    return times
+
+
+def summarise(times: dict[str, list[float]], peaks: dict[str, float], bases: tuple[str, ...]) -> list[dict]:
+    """Per runner: median s/step, peak tensor MiB, and against each base the median per-round ratio and its range."""
+    rows = []
+    for name, seconds in times.items():
+        row = {"config": name, "s_per_step": round(statistics.median(seconds), 3),
+               "peak_tensor_MiB": round(peaks[name], 1)}  # fmt: skip
+        for base in bases:
+            if base in times and base != name:
+                ratios = [a / b for a, b in zip(seconds, times[base])]
+                row[f"vs_{base}"] = round(statistics.median(ratios), 3)
+                row[f"vs_{base}_range"] = f"{min(ratios):.2f}..{max(ratios):.2f}"
+        rows.append(row)
+    return rows
+
+
+def rss_child(runner, data: list) -> None:
+    """Run `runner` on `data` in this fresh process and print its RSS rise (as JSON, for `rss_in_fresh_process`)."""
+    rise, _ = _common.rss_rise_mb(lambda: [runner.step(batch) for batch in data])
+    print("RSS " + json.dumps({"rss_rise_MiB": rise, "process_peak_rss_MiB": _common.peak_rss_mb()}))
+
+
+def rss_in_fresh_process(script: str, argv: list[str]) -> dict:
+    """Run `script --rss-child NAME ...` (see `rss_child`) and return what it printed."""
+    result = subprocess.run([sys.executable, script, *argv], capture_output=True, text=True, check=False)
+    lines = [line for line in result.stdout.splitlines() if line.startswith("RSS ")]
+    if result.returncode != 0 or not lines:
+        raise RuntimeError(f"RSS run {argv} failed:\n{result.stdout[-2000:]}\n{result.stderr[-4000:]}")
+    return json.loads(lines[-1][len("RSS ") :])
+
+
+def add_rss(rows: list[dict], script: str, child_argv) -> None:
+    """Add each configuration's RSS rise, measured in a fresh process (`child_argv(name)`), to its row."""
+    for row in rows:
+        rss = rss_in_fresh_process(script, child_argv(row["config"]))
+        row["rss_rise_MiB"] = round(rss["rss_rise_MiB"], 1)
+        print(f"rss {row['config']}: {rss}", flush=True)
+
+
+def build_all(opts, workdir: str) -> tuple[dict, dict]:
     teacher, initial = gpt2(4, opts, seed=1), gpt2(2, opts, seed=2)
-    data = batches(opts, opts.rounds * opts.steps + 1)
     runners, skipped = {}, {}
-    workdir = tempfile.mkdtemp(prefix="peers-")
     for name in opts.configs:
         try:
             runners[name] = build(name, copy.deepcopy(teacher), copy.deepcopy(initial), opts, workdir)
         except ImportError as error:
             skipped[name] = f"{type(error).__name__}: {error}"
             print(f"skipped {name}: {skipped[name]}")
-    names = list(runners)
-    peaks = {}
-    for name in names:  # one untimed step each: warm-up and peak tensor memory
-        peaks[name], _ = _common.tensor_peak_mb(functools.partial(runners[name].step, data[-1]))
-    times = {name: [] for name in names}  # per round: median seconds per step
-    for round_index in range(opts.rounds):
-        order = names[round_index % len(names) :] + names[: round_index % len(names)]
-        for name in order:
-            steps = []
-            for batch in data[round_index * opts.steps : (round_index + 1) * opts.steps]:
-                started = time.perf_counter()
-                runners[name].step(batch)
-                steps.append(time.perf_counter() - started)
-            times[name].append(statistics.median(steps))
-        print(f"round {round_index + 1}: " + ", ".join(f"{n} {times[n][-1]:.3f}s" for n in names), flush=True)
-    rows = []
-    for name in names:
-        row = {"config": name, "s_per_step": round(statistics.median(times[name]), 3),
-               "peak_tensor_MiB": round(peaks[name], 1)}  # fmt: skip
-        for base in ("floor", "trl_gkd"):
-            if base in times and base != name:
-                ratios = [a / b for a, b in zip(times[name], times[base])]
-                row[f"vs_{base}"] = round(statistics.median(ratios), 3)
-                row[f"vs_{base}_range"] = f"{min(ratios):.2f}..{max(ratios):.2f}"
-        rows.append(row)
+    return runners, skipped
+
+
+def main(argv: list[str] | None = None) -> None:
+    opts = parse_args(argv)
+    torch.set_num_threads(opts.threads)
+    workdir = tempfile.mkdtemp(prefix="peers-")
+    if opts.rss_child:
+        opts.configs = [opts.rss_child]
+        return rss_child(build_all(opts, workdir)[0][opts.rss_child], batches(opts, 2))
+    info = _common.machine_info()
+    _common.print_machine(info)
+    runners, skipped = build_all(opts, workdir)
+    data = batches(opts, opts.rounds * opts.steps + 1)
+    peaks, losses = first_steps(runners, data[-1])
+    times = run_rounds(runners, data, opts.rounds, opts.steps)
+    rows = summarise(times, peaks, bases=("floor", "trl_gkd"))
+    if not opts.no_rss:
+        sizes = ["--vocab", str(opts.vocab), "--width", str(opts.width), "--seq", str(opts.seq), "--batch",
+                 str(opts.batch), "--threads", str(opts.threads)]  # fmt: skip
+        add_rss(rows, __file__, lambda name: ["--rss-child", name, *sizes])
     print(f"\ncausal LM: GPT-2 4 -> 2 layers, width {opts.width}, V={opts.vocab}, seq {opts.seq}, batch {opts.batch},"
           f" {opts.threads} thread(s); {opts.rounds} rounds x {opts.steps} steps")  # fmt: skip
     _common.print_table(rows, list(dict.fromkeys(k for r in rows for k in r)))
+    print("loss of the first (untimed) step: " + ", ".join(f"{n} {v:.5f}" for n, v in losses.items()))
     _common.write_results(opts.output, {"machine": info, "options": vars(opts), "rows": rows, "skipped": skipped,
-                                        "round_seconds": times})  # fmt: skip
+                                        "round_seconds": times, "first_step_loss": losses})  # fmt: skip
 
 
 if __name__ == "__main__":
