@@ -232,7 +232,8 @@ def _seq2seq(splits, args, tokenizer, config):
         source = _column(dataset, split, "text_column", args.text_column, SOURCE_COLUMNS, "source")
         target = _column(dataset, split, "target_column", args.target_column, TARGET_COLUMNS, "target")
         dataset, _ = _limited(dataset, [], args, split)
-        rows = dict(tokenizer([str(t) for t in dataset[source]], truncation=True, max_length=args.max_seq_length))
+        encoding = tokenizer([str(t) for t in dataset[source]], truncation=True, max_length=args.max_seq_length)
+        rows = {k: encoding[k] for k in ("input_ids", "attention_mask") if k in encoding}  # no token_type_ids
         targets = tokenizer(text_target=list(dataset[target]), truncation=True, max_length=args.max_target_length)
         rows["labels"] = targets["input_ids"]
         encoded[split] = Dataset.from_dict(rows)
