@@ -1,9 +1,8 @@
 """Generated-text metrics for seq2seq: ROUGE-L F, corpus BLEU-4 and exact match, from `evaluate` or written here.
 
 `evaluate.load("rouge")` / `evaluate.load("bleu")` fetch their scripts from the Hugging Face Hub (and need the
-`rouge_score` package); where that fails (offline, as in the tests) the definitions below are used and the log says
-once which backend ran. `text_scores(...)["backend"]` is not returned (every metric is a float); the backend is in
-`last_backend()` and the log.
+`rouge_score` package); where that fails (offline, as in the tests) the definitions below are used. The log says
+which implementation ran, and `last_backend()` returns it.
 
 Definitions (the fallback), on words: the text lower-cased, every character that is not a letter or a digit made a
 space (`rouge_score`'s default tokenizer), split on whitespace.
