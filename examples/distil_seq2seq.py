@@ -23,7 +23,7 @@ What changed against the plain fine-tuning script (lines marked `# changed` belo
     +model = build_student(teacher, num_layers=12, num_decoder_layers=3)
 
     -training_args = Seq2SeqTrainingArguments(output_dir=..., predict_with_generate=True, ...)
-    +training_args = DistillationSeq2SeqArguments(output_dir=..., predict_with_generate=True, ..., temperature=2.0, ...)
+    +training_args = DistillationSeq2SeqArguments(output_dir=..., predict_with_generate=True, ..., temperature=2.0)
 
     -trainer = Seq2SeqTrainer(model=model, args=training_args, ...)
     +trainer = DistillationSeq2SeqTrainer(model=model, teacher_model=teacher, args=training_args, ...)
@@ -39,7 +39,9 @@ from hf_distill import DistillationSeq2SeqArguments, DistillationSeq2SeqTrainer,
 from hf_distill.text_metrics import text_scores
 
 parser = argparse.ArgumentParser()
-parser.add_argument("--teacher", required=True, help="A seq2seq model (path or Hub id), e.g. facebook/bart-large-xsum.")
+parser.add_argument(
+    "--teacher", required=True, help="A seq2seq model (path or Hub id), e.g. facebook/bart-large-xsum."
+)
 parser.add_argument("--dataset_name", default="EdinburghNLP/xsum", help="Hub dataset, used without --train_file.")
 parser.add_argument("--train_file", help="Local json/jsonl/csv with the source and target columns.")
 parser.add_argument("--validation_file")
@@ -67,7 +69,11 @@ model = build_student(teacher, num_layers=args.num_layers, num_decoder_layers=ar
 def tokenize(batch):
     inputs = tokenizer(batch[args.source_column], truncation=True, max_length=args.max_source_length)
     targets = tokenizer(text_target=batch[args.target_column], truncation=True, max_length=args.max_target_length)
-    return {"input_ids": inputs["input_ids"], "attention_mask": inputs["attention_mask"], "labels": targets["input_ids"]}
+    return {
+        "input_ids": inputs["input_ids"],
+        "attention_mask": inputs["attention_mask"],
+        "labels": targets["input_ids"],
+    }
 
 
 def compute_metrics(prediction):

@@ -7,7 +7,7 @@
 | `question-answering` | `f1`, `exact_match` (per example: the best span over its windows) | SQuAD |
 | `masked-lm` | `accuracy` (masked tokens), `perplexity` | below |
 | `causal-lm` | `accuracy` (next token), `perplexity` | below |
-| `seq2seq` | `rougeL`, `bleu`, `exact_match` (generated text); `accuracy`, `perplexity` (teacher forcing) | `text_metrics` |
+| `seq2seq` | `rougeL`, `bleu`, `exact_match` (generated); `accuracy`, `perplexity` (teacher forced) | `text_metrics` |
 
 Every metric is a fraction in `[0, 1]` (SQuAD's script prints the same numbers times 100), except perplexity
 (`exp` of the mean cross-entropy over the scored tokens, lower is better). Each `TaskMetrics` has a `preprocess`

@@ -89,7 +89,9 @@ def test_seq2seq_end_to_end(assets, tmp_path, capsys, caplog):
     history = load_training_history(out)
     logged = [entry for entry in history["train"] if "loss" in entry]
     assert logged and all({"loss_ce", "loss_kd", "loss_attn"} <= set(entry) for entry in logged)  # per term
-    assert history["eval"][-1]["eval_rougeL"] == pytest.approx(report["evaluation"]["student_after"]["metrics"]["rougeL"])
+    assert history["eval"][-1]["eval_rougeL"] == pytest.approx(
+        report["evaluation"]["student_after"]["metrics"]["rougeL"]
+    )
     assert "eval_loss_kd" in history["eval"][-1]
     assert "Task seq2seq, from the teacher's architecture BartForConditionalGeneration" in caplog.text
     assert "Generated-text metrics computed by rougeL: " in caplog.text  # which implementation ran
@@ -106,7 +108,9 @@ def test_seq2seq_end_to_end(assets, tmp_path, capsys, caplog):
     rows = [json.loads(line) for line in Path(assets["dev"]).read_text().splitlines()]
     hits = 0
     for row in rows:
-        ids = tokenizer(row["source"], truncation=True, max_length=24, return_tensors="pt", return_token_type_ids=False)
+        ids = tokenizer(
+            row["source"], truncation=True, max_length=24, return_tensors="pt", return_token_type_ids=False
+        )
         with torch.no_grad():
             generated = teacher.generate(**ids, max_length=5)
         hits += tokenizer.decode(generated[0], skip_special_tokens=True).split() == row["target"].split()

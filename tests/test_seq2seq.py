@@ -1,5 +1,5 @@
-"""Seq2seq distillation (T5, BART): the task's loss against a reference computed from the models' own teacher forcing,
-the encoder terms, `build_student`'s encoder/decoder layers, `DistillationSeq2SeqTrainer` with generation, bad input."""
+"""Seq2seq distillation (T5, BART): the task's loss against a reference from the models' own teacher forcing, the
+encoder terms, `build_student`'s encoder/decoder layers, `DistillationSeq2SeqTrainer` with generation, bad input."""
 
 import json
 
@@ -36,6 +36,8 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
 PAD, EOS = 0, 1
 
 
@@ -133,8 +135,11 @@ def test_encoder_attention_and_hidden_terms_train_and_are_logged(tmp_path):
     assert any(not torch.equal(p, before[n]) for n, p in student.named_parameters() if "encoder.layers" in n)
 
 
-@pytest.mark.parametrize("make, stacks", [(tiny_bart, ("encoder.layers", "decoder.layers")),
-                                          (tiny_t5, ("encoder.block", "decoder.block"))], ids=["bart", "t5"])  # fmt: skip
+STACKS = {"bart": (tiny_bart, ("encoder.layers", "decoder.layers")),
+          "t5": (tiny_t5, ("encoder.block", "decoder.block"))}  # fmt: skip
+
+
+@pytest.mark.parametrize("make, stacks", list(STACKS.values()), ids=list(STACKS))
 def test_build_student_picks_encoder_and_decoder_layers(make, stacks):
     teacher = make(seed=3).eval()
     inputs = batch()
@@ -174,8 +179,9 @@ def pad_rows(features):
     target = max(len(f["labels"]) for f in features)
     return {
         "input_ids": torch.tensor([f["input_ids"] + [PAD] * (width - len(f["input_ids"])) for f in features]),
-        "attention_mask": torch.tensor([[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"]))
-                                        for f in features]),  # fmt: skip
+        "attention_mask": torch.tensor(
+            [[1] * len(f["input_ids"]) + [0] * (width - len(f["input_ids"])) for f in features]
+        ),  # fmt: skip
         "labels": torch.tensor([f["labels"] + [-100] * (target - len(f["labels"])) for f in features]),
     }
 
@@ -234,7 +240,9 @@ def test_seq2seq_arguments_have_both_sets_of_fields_once():
 
 def test_refuses_a_causal_lm_teacher_for_a_seq2seq_student(tmp_path):
     gpt2 = GPT2LMHeadModel(GPT2Config(n_layer=2, n_embd=32, n_head=2, vocab_size=VOCAB, n_positions=64))
-    with pytest.raises(ValueError, match=r"BartForConditionalGeneration \(seq2seq\) but the teacher a GPT2LMHeadModel"):
+    with pytest.raises(
+        ValueError, match=r"BartForConditionalGeneration \(seq2seq\) but the teacher a GPT2LMHeadModel"
+    ):
         DistillationTrainer(model=tiny_bart(2, 2), teacher_model=gpt2, args=arguments(tmp_path))
 
 
@@ -244,7 +252,9 @@ def test_refuses_a_vocabulary_mismatch(tmp_path):
 
 
 def test_refuses_different_decoder_start_tokens(tmp_path):
-    with pytest.raises(ValueError, match="decoder_start_token_id=0 differs from the student's decoder_start_token_id=1"):
+    with pytest.raises(
+        ValueError, match="decoder_start_token_id=0 differs from the student's decoder_start_token_id=1"
+    ):
         DistillationTrainer(model=tiny_t5(2, 2, decoder_start_token_id=EOS), teacher_model=tiny_t5(),
                             args=arguments(tmp_path))  # fmt: skip
 

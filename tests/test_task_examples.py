@@ -233,7 +233,7 @@ def test_seq2seq_example(tmp_path):
     config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=TEACHER_LAYERS,
                         decoder_layers=TEACHER_LAYERS, encoder_attention_heads=4, decoder_attention_heads=4,
                         encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=0,
-                        bos_token_id=2, eos_token_id=3, decoder_start_token_id=3, forced_eos_token_id=None)  # fmt: skip
+                        bos_token_id=2, eos_token_id=3, decoder_start_token_id=3)  # fmt: skip
     BartForConditionalGeneration(config).save_pretrained(tmp_path / "teacher")
     tokenizer.save_pretrained(tmp_path / "teacher")
     rows = [{"document": f"{p} visited {q} and met {r}.", "summary": f"{p} visited {q}"}
