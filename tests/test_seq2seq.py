@@ -285,3 +285,20 @@ def test_batches_without_labels_or_decoder_inputs_are_refused(tmp_path):
     inputs.pop("labels")
     with pytest.raises(ValueError, match="seq2seq distillation needs `labels`"):
         trainer.compute_loss(trainer.model, inputs)
+
+
+def test_whisper_decoder_is_distilled_from_input_features(tmp_path):
+    from transformers import WhisperConfig, WhisperForConditionalGeneration
+
+    torch.manual_seed(0)
+    config = WhisperConfig(vocab_size=VOCAB, num_mel_bins=8, d_model=32, encoder_layers=2, decoder_layers=2,
+                           encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64,
+                           decoder_ffn_dim=64, max_source_positions=16, max_target_positions=32, pad_token_id=PAD,
+                           bos_token_id=2, eos_token_id=EOS, decoder_start_token_id=2)  # fmt: skip
+    teacher = WhisperForConditionalGeneration(config)
+    student = build_student(teacher, num_layers=1)
+    assert (len(student.model.encoder.layers), len(student.model.decoder.layers)) == (1, 1)
+    trainer = DistillationTrainer(model=student, teacher_model=teacher, args=arguments(tmp_path))
+    inputs = {"input_features": torch.randn(2, 8, 32), "labels": torch.tensor([[3, 4, 5, EOS], [6, 7, EOS, -100]])}
+    loss = trainer.compute_loss(student, dict(inputs))
+    torch.testing.assert_close(loss, reference_loss(student, teacher, inputs, 0.3, 0.7, 2.0), rtol=1e-5, atol=1e-6)
