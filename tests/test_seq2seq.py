@@ -233,6 +233,14 @@ def test_seq2seq_arguments_have_both_sets_of_fields_once():
     assert len(names) == len(set(names))
     assert {"predict_with_generate", "generation_max_length", "temperature", "alpha"} <= set(names)
     assert names.count("temperature") == 1
+    from transformers import HfArgumentParser
+
+    argv = ["--output_dir", "out", "--predict_with_generate", "--generation_num_beams", "3", "--recipe", "hinton"]
+    (parsed,) = HfArgumentParser(DistillationSeq2SeqArguments).parse_args_into_dataclasses(argv)
+    assert parsed.predict_with_generate and parsed.generation_num_beams == 3
+    assert (parsed.alpha, parsed.beta, parsed.gamma) == (0.1, 0.9, 0.0)  # DistillationArguments' checks ran
+    with pytest.raises(ValueError, match="`temperature` must be > 0"):
+        DistillationSeq2SeqArguments(output_dir="out", temperature=0.0)
 
 
 # ---- bad input, before any work ----------------------------------------------------------------------------------
