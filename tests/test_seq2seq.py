@@ -310,3 +310,19 @@ def test_whisper_decoder_is_distilled_from_input_features(tmp_path):
     inputs = {"input_features": torch.randn(2, 8, 32), "labels": torch.tensor([[3, 4, 5, EOS], [6, 7, EOS, -100]])}
     loss = trainer.compute_loss(student, dict(inputs))
     torch.testing.assert_close(loss, reference_loss(student, teacher, inputs, 0.3, 0.7, 2.0), rtol=1e-5, atol=1e-6)
+
+
+def test_seq2seq_training_resumes_from_a_checkpoint(tmp_path):
+    def trainer(max_steps):
+        args = arguments(tmp_path, DistillationSeq2SeqArguments, max_steps=max_steps, save_steps=1,
+                         per_device_train_batch_size=4, learning_rate=1e-3)  # fmt: skip
+        return DistillationSeq2SeqTrainer(model=tiny_t5(2, 2, seed=2), teacher_model=tiny_t5(seed=1), args=args,
+                                          train_dataset=seq2seq_rows(8, 0), data_collator=pad_rows)  # fmt: skip
+
+    straight = trainer(2)
+    straight.train()
+    resumed = trainer(2)
+    resumed.train(resume_from_checkpoint=str(tmp_path / "checkpoint-1"))
+    assert resumed.state.global_step == 2
+    for (name, p), (_, q) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
+        torch.testing.assert_close(p, q, msg=name)  # the same weights as the uninterrupted run
