@@ -326,3 +326,14 @@ def test_seq2seq_training_resumes_from_a_checkpoint(tmp_path):
     assert resumed.state.global_step == 2
     for (name, p), (_, q) in zip(straight.model.named_parameters(), resumed.model.named_parameters()):
         torch.testing.assert_close(p, q, msg=name)  # the same weights as the uninterrupted run
+
+
+def test_target_token_ids_outside_the_vocabulary_are_refused_before_training(tmp_path):
+    rows = seq2seq_rows(4, 0).to_list()
+    rows[2]["labels"] = [5, 99, EOS]
+    args = arguments(tmp_path, max_steps=1, per_device_train_batch_size=4)
+    trainer = DistillationTrainer(model=tiny_bart(2, 2), teacher_model=tiny_bart(), args=args,
+                                  train_dataset=Dataset.from_list(rows), data_collator=pad_rows)  # fmt: skip
+    with pytest.raises(ValueError, match=r"'labels' holds label values \[99\] outside the student's label set 0..47"):
+        trainer.train()
+    assert trainer.state.global_step == 0
