@@ -23,6 +23,7 @@ from .losses import (
     token_soft_label_loss,
 )
 from .modeling import default_layer_map
+from .seq2seq_trainer import DistillationSeq2SeqArguments, DistillationSeq2SeqTrainer
 from .student import build_student
 from .tasks import TASKS, detect_task
 from .trainer import DistillationTrainer
@@ -30,6 +31,8 @@ from .trainer import DistillationTrainer
 __all__ = [
     "DistillationArguments",
     "DistillationRecord",
+    "DistillationSeq2SeqArguments",
+    "DistillationSeq2SeqTrainer",
     "DistillationSettingError",
     "DistillationTrainer",
     "NonFiniteLossError",

@@ -194,7 +194,7 @@ def _label_bound(model: nn.Module) -> tuple[str, int] | None:
         if getattr(config, "problem_type", None) in ("regression", "multi_label_classification") or not num_labels:
             return None
         return ("num_labels", num_labels) if num_labels > 1 else None
-    if name.endswith(("ForMaskedLM", "ForCausalLM", "LMHeadModel")):
+    if name.endswith(("ForMaskedLM", "ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "MTModel")):
         rows = _embedding_rows(model)
         return ("vocab_size", rows) if rows else None
     return None

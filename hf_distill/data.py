@@ -58,6 +58,14 @@ class DataArguments:
     max_seq_length: int = field(
         default=128, metadata={"help": "Longer inputs are truncated to this many tokens; padding is per batch."}
     )
+    target_column: str | None = field(
+        default=None,
+        metadata={"help": "seq2seq: the column with the target texts. Default: 'target' or 'summary', whichever "
+                  "exists (the source is --text_column: 'source', 'text' or 'sentence')."},
+    )  # fmt: skip
+    max_target_length: int = field(
+        default=64, metadata={"help": "seq2seq: targets are truncated to this many tokens, and generated up to it."}
+    )
     doc_stride: int | None = field(
         default=None,
         metadata={"help": "Question answering: a context longer than --max_seq_length is split into windows that "
@@ -102,7 +110,7 @@ class DataArguments:
             raise ValueError(
                 f"--doc_stride must be >= 0 (tokens shared by consecutive windows), got {self.doc_stride}."
             )
-        for name in ("max_seq_length", "max_train_samples", "max_eval_samples"):
+        for name in ("max_seq_length", "max_target_length", "max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise ValueError(f"--{name} must be >= 1, got {value}.")

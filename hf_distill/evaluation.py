@@ -102,9 +102,8 @@ def evaluate_model(
         outputs = model(**batch)
         _sync(device)
         times.append(time.perf_counter() - start)
-        logits = metrics.task.logits(outputs)
-        kept = send_to_device(metrics.preprocess(logits[0] if len(logits) == 1 else logits,
-                                                 send_to_device(labels, device)), "cpu")  # fmt: skip
+        kept = metrics.task.evaluation_predictions(model, batch, outputs, send_to_device(labels, device), metrics)
+        kept = send_to_device(kept, "cpu")
         predictions = kept if predictions is None else nested_concat(predictions, kept, IGNORE_INDEX)
         references = labels if references is None else nested_concat(references, labels, IGNORE_INDEX)
         count += examples_in(batch)

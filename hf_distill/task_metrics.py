@@ -7,6 +7,7 @@
 | `question-answering` | `f1`, `exact_match` (per example: the best span over its windows) | SQuAD |
 | `masked-lm` | `accuracy` (masked tokens), `perplexity` | below |
 | `causal-lm` | `accuracy` (next token), `perplexity` | below |
+| `seq2seq` | `rougeL`, `bleu`, `exact_match` (generated); `accuracy`, `perplexity` (teacher forced) | `text_metrics` |
 
 Every metric is a fraction in `[0, 1]` (SQuAD's script prints the same numbers times 100), except perplexity
 (`exp` of the mean cross-entropy over the scored tokens, lower is better). Each `TaskMetrics` has a `preprocess`
@@ -265,6 +266,8 @@ class TaskMetrics:
     num_labels: int = 0
     tag_names: list[str] = field(default_factory=list)  # token classification: id -> tag
     references: QAReferences | None = None
+    tokenizer: Any = None  # tasks that generate text (seq2seq) decode their predictions with it
+    max_target_length: int | None = None  # and generate at most this many tokens
 
     def preprocess(self, logits: Any, labels: Any) -> Any:
         """Keep what the metrics need: argmax ids (`(B,)` or `(B, T)`), plus per-token cross-entropy for LMs."""

@@ -333,6 +333,7 @@ class DistillationTrainer(Trainer):
         distillation terms are reported under their own names (`eval_loss_kd`, `eval_loss_attn`, ...).
         """
         args, task = self.args, self.task
+        inputs = task.model_inputs(self.accelerator.unwrap_model(model), inputs)  # seq2seq: the decoder inputs
         mode = "train" if model.training else "eval"
         attention_mask = inputs.get("attention_mask")
         cached_logits = inputs.get(teacher_cache.TEACHER_LOGITS)  # (B, C) from the teacher-output cache

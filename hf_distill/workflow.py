@@ -186,6 +186,7 @@ def prepare_run(
         transfer_set = _TransferSet(run_args, load_teacher_model, tokenizer, training_args, remote)
     data = prepare_task_data(task, pair, data_args, tokenizer, teacher_config, augment=transfer_set)
     metrics = task_metrics(task, teacher_config, data.references)
+    metrics.tokenizer, metrics.max_target_length = tokenizer, data_args.max_target_length  # seq2seq generates
 
     teacher = transfer_set.teacher if transfer_set else load_teacher_model()
     student = _loaded_student(model_args, teacher, auto_class, remote)
@@ -198,7 +199,8 @@ def prepare_run(
 
     train, evaluation = data.train, data.evaluation
     # Without a loaded student, --student_num_layers/--student_layers have the trainer build it from the teacher.
-    trainer = _trainer(task, student or teacher, teacher, training_args, data, tokenizer, metrics)
+    trainer_class, training_args = task.command_trainer(training_args, data_args)  # seq2seq: generation
+    trainer = _trainer(trainer_class, task, student or teacher, teacher, training_args, data, tokenizer, metrics)
     trainer.augmentation = transfer_set.record if transfer_set else None  # into distillation_config.json
     if student is None:
         student = trainer.model
@@ -272,10 +274,11 @@ class _TransferSet:
 _LAYER_TERM_WEIGHTS = ("gamma", "relation_weight", "hidden_weight")  # terms that need more than the logits
 
 
-def _trainer(task: Task, student, teacher, training_args, data: TaskData, tokenizer, metrics: TaskMetrics):
-    """The `DistillationTrainer`; when it refuses a term the models cannot provide, the error names the flag."""
+def _trainer(trainer_class: type[DistillationTrainer], task: Task, student, teacher, training_args, data: TaskData,
+             tokenizer, metrics: TaskMetrics):  # fmt: skip
+    """The task's `DistillationTrainer`; when it refuses a term the models cannot provide, the error names the flag."""
     try:
-        return DistillationTrainer(
+        return trainer_class(
             model=student, teacher_model=teacher, args=training_args, train_dataset=data.train,
             eval_dataset=data.evaluation, processing_class=tokenizer, data_collator=data.collator,
             compute_metrics=lambda prediction: metrics.compute(prediction.predictions, prediction.label_ids),

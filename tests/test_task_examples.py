@@ -225,9 +225,32 @@ def test_sentence_pair_example(tmp_path):
     assert 0 <= metrics["eval_accuracy"] <= 1 and 0 <= metrics["eval_f1"] <= 1
 
 
+def test_seq2seq_example(tmp_path):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    tokenizer = BertTokenizerFast(vocab=str(write_vocab(tmp_path / "vocab.txt")))
+    torch.manual_seed(0)
+    config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=TEACHER_LAYERS,
+                        decoder_layers=TEACHER_LAYERS, encoder_attention_heads=4, decoder_attention_heads=4,
+                        encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=64, pad_token_id=0,
+                        bos_token_id=2, eos_token_id=3, decoder_start_token_id=3)  # fmt: skip
+    BartForConditionalGeneration(config).save_pretrained(tmp_path / "teacher")
+    tokenizer.save_pretrained(tmp_path / "teacher")
+    rows = [{"document": f"{p} visited {q} and met {r}.", "summary": f"{p} visited {q}"}
+            for p, q, r in zip(PEOPLE * 4, PLACES * 4, reversed(PEOPLE * 4))]  # fmt: skip
+    train, dev = write_jsonl(tmp_path / "train.jsonl", rows), write_jsonl(tmp_path / "dev.jsonl", rows[:6])
+    out = run_example("distil_seq2seq.py", tmp_path, "--teacher", str(tmp_path / "teacher"), "--train_file",
+                      str(train), "--validation_file", str(dev), "--max_target_length", "8")  # fmt: skip
+    check_student(out, "AutoModelForSeq2SeqLM")
+    assert json.loads((out / "config.json").read_text())["decoder_layers"] == STUDENT_LAYERS  # default: --num_layers
+    assert (out / "generation_config.json").is_file()
+    results = json.loads((out / "eval_results.json").read_text())
+    assert {"eval_rougeL", "eval_bleu", "eval_exact_match", "eval_loss_kd"} <= set(results)
+
+
 def test_every_task_example_is_listed_and_tested():
     scripts = sorted(path.name for path in EXAMPLES.glob("distil_*.py"))
-    assert len(scripts) == 5
+    assert len(scripts) == 6
     docs, tests = (ROOT / "docs" / "trainer.md").read_text(), Path(__file__).read_text()
     for name in scripts:
         assert f"(../examples/{name})" in docs, f"{name} is missing from the Examples list of docs/trainer.md"

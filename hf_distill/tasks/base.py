@@ -85,6 +85,11 @@ class Task:
         """The logits the task distils from a model's outputs."""
         return (outputs.logits,)
 
+    def model_inputs(self, model: Any, inputs: dict[str, Any]) -> dict[str, Any]:
+        """The batch as both models read it (unchanged by default; seq2seq adds the decoder inputs of teacher
+        forcing when the collator did not). `model` is the unwrapped student."""
+        return inputs
+
     # ---- loss --------------------------------------------------------------------------------------------------
 
     def has_labels(self, inputs: dict[str, Any]) -> bool:
@@ -129,6 +134,19 @@ class Task:
     def compute_metrics(self, metrics: TaskMetrics, predictions: Any, label_ids: Any) -> dict[str, float]:
         """The metrics of the gathered, `-100`-padded predictions and label ids."""
         raise NotImplementedError
+
+    def evaluation_predictions(self, model: Any, batch: dict[str, Any], outputs: Any, labels: Any,
+                               metrics: TaskMetrics) -> Any:  # fmt: skip
+        """What the `hf-distill` command's evaluation keeps of one batch: `metrics.preprocess` of the logits (seq2seq
+        adds the generated text's token ids)."""
+        logits = self.logits(outputs)
+        return metrics.preprocess(logits[0] if len(logits) == 1 else logits, labels)
+
+    def command_trainer(self, training_args: Any, data_args: Any) -> tuple[type, Any]:
+        """The trainer class the `hf-distill` command runs, and its arguments (`DistillationTrainer` by default)."""
+        from ..trainer import DistillationTrainer
+
+        return DistillationTrainer, training_args
 
 
 def summed_objective(terms: Terms, weights: dict[str, float], device: torch.device) -> torch.Tensor:
