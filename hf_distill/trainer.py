@@ -108,6 +108,7 @@ class DistillationTrainer(Trainer):
             )
         model, teacher_model, self.teacher_name_or_path = _student_and_teacher(model, teacher_model, args)
         self.task = _check_tasks(model, teacher_model)
+        self.task.check_arguments(args)  # settings the task cannot honour (e.g. a temperature for regression)
         self.layer_map = _check_pair(model, teacher_model, args)
         widths = _projection_widths(model, teacher_model, args)  # (student, teacher) when L_hidden needs a W_h
         if widths is not None and (kwargs.get("optimizers") or (None, None))[0] is not None:
@@ -355,7 +356,8 @@ class DistillationTrainer(Trainer):
         with recording, projecting, capturing:
             outputs = model(**student_inputs)
         student_maps = self._student_recorder.attention_maps() if self._student_recorder else None
-        layer_mask = _frame_mask(self.accelerator.unwrap_model(model), attention_mask)  # what the layers see
+        # what the layers see: speech frames; multiple choice's (B * C, T) sequences (folded back by per_example)
+        layer_mask = _frame_mask(self.accelerator.unwrap_model(model), task.layer_attention_mask(attention_mask))
         needs_internals = args.gamma > 0 or args.hidden_weight > 0 or args.relation_weight > 0  # maps, states
         if cached_logits is not None and not needs_internals:
             teacher_logits, teacher_maps, teacher_hidden = (cached_logits,), None, None  # (B, C) or a TopKTeacher
@@ -377,11 +379,12 @@ class DistillationTrainer(Trainer):
             attention_fn = _ATTENTION_LOSS_FUNCTIONS[args.attention_loss]
             pairs = zip(student_maps, teacher_maps)
             per_layer = [attention_fn(s, t, layer_mask, reduction="none") for s, t in pairs]
-            terms["loss_attn"] = (torch.stack(per_layer).mean(dim=0), ones)  # averaged over mapped layers
+            terms["loss_attn"] = (task.per_example(torch.stack(per_layer).mean(dim=0), inputs), ones)  # layer mean
         if teacher_hidden is not None:
-            terms["loss_hidden"] = (self._hidden_loss(_layer_states(outputs), teacher_hidden, layer_mask), ones)
+            hidden = self._hidden_loss(_layer_states(outputs), teacher_hidden, layer_mask)
+            terms["loss_hidden"] = (task.per_example(hidden, inputs), ones)
         if self._student_projections is not None:
-            terms["loss_relation"] = (self._relation_loss(layer_mask), ones)
+            terms["loss_relation"] = (task.per_example(self._relation_loss(layer_mask), inputs), ones)
         example_sum = sum((weights[n] * v.sum() for n, (v, _) in terms.items() if n not in _OUTPUT_TERMS),
                           torch.zeros((), device=ones.device))  # fmt: skip
         if mode == "train" and args.alpha == 0 and args.beta == 0:
@@ -654,6 +657,14 @@ def _name_of(model: nn.Module) -> str | None:
 def _check_tasks(student: nn.Module, teacher: nn.Module) -> tasks.Task:
     """The task both models are heads for; refuses a teacher with another head than the student's."""
     task, teacher_task = tasks.detect_task(student), tasks.detect_task(teacher)
+    if teacher_task is not task and teacher_task.auto_class == task.auto_class:  # one head, set up differently
+        s_config, t_config = student.config, teacher.config
+        raise ValueError(
+            f"the student is set up for {task.name} (problem_type={s_config.problem_type!r}, num_labels="
+            f"{s_config.num_labels}) but the teacher for {teacher_task.name} (problem_type={t_config.problem_type!r}, "
+            f"num_labels={t_config.num_labels}): both need the same problem_type and num_labels. Build the student "
+            "from the teacher (build_student) or give it the teacher's problem_type, num_labels and id2label."
+        )
     if teacher_task is not task:
         raise ValueError(
             f"the student is a {type(student).__name__} ({task.name}) but the teacher a {type(teacher).__name__} "
