@@ -170,7 +170,8 @@ def test_regression_scores_by_hand_and_against_scipy():
     assert scores == pytest.approx({"pearson": 1.0, "spearman": 1.0, "mse": (1 + 4 + 9 + 16) / 4})
     # ties: ranks of [1, 2, 2, 3] are [1, 2.5, 2.5, 4]; of [1, 3, 2, 4] [1, 3, 2, 4]; Pearson of those by hand
     a, b = np.array([1, 2.5, 2.5, 4]), np.array([1, 3, 2, 4.0])
-    by_hand = ((a - a.mean()) * (b - b.mean())).sum() / math.sqrt(((a - a.mean()) ** 2).sum() * ((b - b.mean()) ** 2).sum())
+    a, b = a - a.mean(), b - b.mean()
+    by_hand = (a * b).sum() / math.sqrt((a * a).sum() * (b * b).sum())
     assert regression_scores([1, 2, 2, 3], [1, 3, 2, 4])["spearman"] == pytest.approx(by_hand)
     assert regression_scores([1.0, 1.0, 1.0], [1.0, 2.0, 3.0])["pearson"] == 0.0  # undefined: constant predictions
     stats = pytest.importorskip("scipy.stats")
@@ -218,8 +219,8 @@ def test_the_problem_type_selects_the_task(overrides, expected):
 
 def test_a_second_task_for_the_same_head_and_problem_type_is_refused():
     class Clash(Task):
-        name, auto_class, class_suffixes = "clash", "AutoModelForSequenceClassification", ("ForSequenceClassification",)
-        problem_type = "regression"
+        name, auto_class = "clash", "AutoModelForSequenceClassification"
+        class_suffixes, problem_type = ("ForSequenceClassification",), "regression"
 
     with pytest.raises(ValueError, match="claims the class suffix"):
         register_task(Clash())
@@ -329,17 +330,21 @@ def test_training_logs_every_term_and_moves_only_the_student(tmp_path, kind):
 def test_teacher_cache_gives_the_same_training(tmp_path, kind):
     """With teacher_cache_dir the teacher's outputs are computed once, stored, and give the same steps."""
     histories = []
-    for cache in (None, str(tmp_path / "cache"), str(tmp_path / "cache")):  # no cache, cold cache, warm cache
+    for cache in (None, str(tmp_path / "cache")):
         teacher, student = pair(kind)
         trainer = make_trainer(tmp_path / f"run{len(histories)}", teacher, student, dataset(kind, 8), max_steps=2,
                                teacher_cache_dir=cache, learning_rate=1e-3)  # fmt: skip
         trainer.train()
         histories.append([e["loss_kd"] for e in trainer.state.log_history if "loss_kd" in e])
-    assert histories[0] == pytest.approx(histories[1], rel=1e-5) and histories[1] == pytest.approx(histories[2])
-    assert len(list((tmp_path / "cache").iterdir())) == 1  # one key: the warm run read the cold run's table
+    assert len(histories[0]) == 2 and histories[0] == pytest.approx(histories[1], rel=1e-5)
+    (key,) = list((tmp_path / "cache").iterdir())  # one stored table, row for row the teacher's logits
+    stored = torch.tensor(trainer._cached_teacher_logits(trainer.train_dataset)["teacher_logits"])  # read back
+    with torch.no_grad():
+        expected = teacher.eval()(**{k: v for k, v in collate(list(dataset(kind, 8))).items() if k != "labels"})
+    torch.testing.assert_close(stored, expected.logits, rtol=1e-5, atol=1e-5)
 
 
-@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("kind", ["multiple-choice"])  # the one with other input shapes; resume is task-agnostic
 def test_resume_gives_the_uninterrupted_student(tmp_path, kind):
     settings = dict(max_steps=3, save_strategy="steps", save_steps=2, learning_rate=1e-3)
     teacher, student = pair(kind)
