@@ -84,17 +84,26 @@ REGRESSION = register_task(Regression())
 
 
 def float_labels(values: list, column: str, split: str) -> list[float]:
-    """The label column as floats; refuses strings, booleans, missing and non-finite values, naming the row."""
+    """The label column as floats (numbers, or numeric strings: a csv column with one bad cell is read as strings);
+    refuses other strings, booleans, missing and non-finite values, naming the first bad row."""
+    numbers = []
     for row, value in enumerate(values):
-        number = isinstance(value, (int, float)) and not isinstance(value, bool)
-        if not number or not math.isfinite(value):
-            kind = type(value).__name__
+        number = None
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            number = float(value)
+        elif isinstance(value, str):
+            try:
+                number = float(value)
+            except ValueError:
+                pass
+        if number is None or not math.isfinite(number):
             raise ValueError(
                 f"--task regression reads a float label column, but the {split} data's row {row} has "
-                f"{column}={value!r} ({kind}). Give every row a finite number (e.g. an STS-B score 3.8), or name "
-                "another column with --label_column."
+                f"{column}={value!r} ({type(value).__name__}). Give every row a finite number (e.g. an STS-B score "
+                "3.8), or name another column with --label_column."
             )
-    return [float(v) for v in values]
+        numbers.append(number)
+    return numbers
 
 
 def _regression(splits, args, tokenizer, config):
