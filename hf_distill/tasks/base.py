@@ -225,7 +225,7 @@ def detect_task(model: Any) -> Task:
             f"cannot distil a {type(model).__name__} with problem_type={getattr(config, 'problem_type', None)!r}: "
             f"hf-distill distils the problem types {known}. Set config.problem_type to one of them."
         )
-    heads = ", ".join(suffix for task in TASKS.values() for suffix in task.class_suffixes)
+    heads = ", ".join(dict.fromkeys(suffix for task in TASKS.values() for suffix in task.class_suffixes))
     raise ValueError(
         f"cannot distil a {type(model).__name__}: hf-distill supports models whose class ends with {heads}. Load the "
         "teacher and the student with the Auto class of their task, e.g. AutoModelForSequenceClassification."
