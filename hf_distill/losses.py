@@ -34,6 +34,9 @@ __all__ = [
     "attention_mse_loss",
     "attention_score_mse_loss",
     "hard_label_loss",
+    "multi_label_hard_loss",
+    "regression_loss",
+    "sigmoid_soft_label_loss",
     "hidden_cosine_loss",
     "hidden_mse_loss",
     "relation_kl_loss",
@@ -405,3 +408,70 @@ def position_soft_label_loss(
     pointwise = teacher_log.exp() * (teacher_log - student_log)
     kl = torch.where(valid, pointwise, torch.zeros_like(pointwise)).sum(dim=-1)  # (B,): padded positions dropped
     return _reduce(kl * temperature**2, reduction)
+
+
+# ---- regression and multi-label heads (problem_type "regression" / "multi_label_classification") ---------------
+
+
+def regression_loss(predictions: torch.Tensor, targets: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Squared error of a regression head, `mean_j (s_j - y_j)^2` per example, in float32 (no temperature).
+
+    The hard-label term (`y` the labels) and the soft-label term (`y` the teacher's predictions, as in DistilBERT's
+    STS-B runs) of `problem_type="regression"`.
+
+    Args:
+        predictions (`torch.Tensor` of shape `(B, K)`): the student's outputs (`K = num_labels`, usually 1).
+        targets (`torch.Tensor` of shape `(B, K)`, or `(B,)` when `K = 1`): labels or the teacher's outputs.
+        reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"` over examples.
+    """
+    if targets.numel() != predictions.numel() or targets.shape[0] != predictions.shape[0]:
+        raise ValueError(
+            f"regression targets of shape {tuple(targets.shape)} do not match the predictions' "
+            f"{tuple(predictions.shape)}: give one float per example and output (num_labels={predictions.shape[-1]})."
+        )
+    diff = predictions.float().reshape(predictions.shape[0], -1) - targets.float().reshape(targets.shape[0], -1)
+    return _reduce(diff.square().mean(dim=-1), reduction)  # (B,)
+
+
+def sigmoid_soft_label_loss(
+    student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float, reduction: str = "mean"
+) -> torch.Tensor:
+    """Per-label sigmoid KD for multi-label heads: Hinton's `T^2`-scaled KL, one Bernoulli distribution per label.
+
+    With `p = sigmoid(t_j / T)` and `q = sigmoid(s_j / T)` for each of the `L` labels:
+
+        loss = T^2 * (1 / L) * sum_j [ p log(p / q) + (1 - p) log((1 - p) / (1 - q)) ]
+
+    per example: the binary KL from the teacher's tempered label probability to the student's, averaged over the
+    labels. It differs from the BCE against soft targets only by the teacher's entropy (a constant), so it has the
+    same gradients and is 0 when the student matches the teacher. Computed in float32 from `logsigmoid`.
+
+    Args:
+        student_logits (`torch.Tensor` of shape `(B, L)`): student logits.
+        teacher_logits (`torch.Tensor` of shape `(B, L)`): teacher logits (no gradient needed).
+        temperature (`float`): the temperature `T > 0`.
+        reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"` over examples.
+    """
+    _check_same_shape("logits", student_logits, teacher_logits,
+                      "teacher and student must predict the same labels (check `num_labels`).")  # fmt: skip
+    s, t = student_logits.float() / temperature, teacher_logits.float() / temperature  # (B, L)
+    p = torch.sigmoid(t)
+    kl = p * (F.logsigmoid(t) - F.logsigmoid(s)) + (1 - p) * (F.logsigmoid(-t) - F.logsigmoid(-s))  # (B, L)
+    return _reduce(kl.mean(dim=-1) * temperature**2, reduction)
+
+
+def multi_label_hard_loss(logits: torch.Tensor, labels: torch.Tensor, reduction: str = "mean") -> torch.Tensor:
+    """Binary cross-entropy of each label's sigmoid against multi-hot targets, averaged over the labels per example.
+
+    Args:
+        logits (`torch.Tensor` of shape `(B, L)`): student logits.
+        labels (`torch.Tensor` of shape `(B, L)`): 0/1 (or soft, in `[0, 1]`) targets, any numeric dtype.
+        reduction (`str`, *optional*, defaults to `"mean"`): `"none"`, `"sum"` or `"mean"` over examples.
+    """
+    if labels.shape != logits.shape:
+        raise ValueError(
+            f"multi-label targets of shape {tuple(labels.shape)} do not match the logits' {tuple(logits.shape)}: give "
+            f"each example a multi-hot vector of num_labels={logits.shape[-1]} floats."
+        )
+    bce = F.binary_cross_entropy_with_logits(logits.float(), labels.float(), reduction="none")  # (B, L)
+    return _reduce(bce.mean(dim=-1), reduction)

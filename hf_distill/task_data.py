@@ -41,7 +41,7 @@ def resolve_task(name: str | None, teacher_config) -> tuple[Task, bool]:
 
     A `--task` value other than the task's own name (`sentence-pair`) runs the task on two text columns."""
     architectures = getattr(teacher_config, "architectures", None) or []
-    found = {task_of_class(a) for a in architectures}
+    found = {task_of_class(a, teacher_config) for a in architectures}  # problem_type picks among shared heads
     detected = next((t for t in TASKS.values() if t in found), None)
     if name is not None:
         task = next(t for t in TASKS.values() if name in t.command_names)

@@ -8,11 +8,15 @@
 | `masked-lm` | `accuracy` (masked tokens), `perplexity` | below |
 | `causal-lm` | `accuracy` (next token), `perplexity` | below |
 | `seq2seq` | `rougeL`, `bleu`, `exact_match` (generated); `accuracy`, `perplexity` (teacher forced) | `text_metrics` |
+| `multiple-choice` | `accuracy` (the chosen ending) | `accuracy` below |
+| `regression` | `pearson`, `spearman`, `mse` | below (numpy; no scipy needed) |
+| `multi-label-classification` | `micro_f1`, `macro_f1`, `exact_match` (logit > 0, i.e. probability > 0.5) | below |
 
 Every metric is a fraction in `[0, 1]` (SQuAD's script prints the same numbers times 100), except perplexity
-(`exp` of the mean cross-entropy over the scored tokens, lower is better). Each `TaskMetrics` has a `preprocess`
-(`Trainer`'s `preprocess_logits_for_metrics`: argmax and per-token cross-entropy, so evaluation never keeps
-`(N, T, V)` logits) and a `compute` (`compute_metrics` on the gathered, `-100`-padded arrays); both ask the task
+(`exp` of the mean cross-entropy over the scored tokens, lower is better), Pearson and Spearman (in `[-1, 1]`) and the
+regression MSE (lower is better; the regression task's primary metric is Pearson). Each `TaskMetrics` has a
+`preprocess` (`Trainer`'s `preprocess_logits_for_metrics`: argmax and per-token cross-entropy, so evaluation never
+keeps `(N, T, V)` logits) and a `compute` (`compute_metrics` on the gathered, `-100`-padded arrays); both ask the task
 (`Task.preprocess_predictions`, `Task.compute_metrics`), which reads the definitions here.
 
 Sequence-classification metrics come from `evaluate` (`accuracy`, and `f1` for binary tasks). `evaluate.load`
@@ -48,6 +52,8 @@ __all__ = [
     "is_iob2",
     "language_model_scores",
     "load_metrics",
+    "multi_label_scores",
+    "regression_scores",
     "squad_exact_match",
     "squad_f1",
     "task_metrics",
@@ -124,6 +130,60 @@ def _wrap(module, name: str) -> Callable[[Sequence[int], Sequence[int]], float]:
         return float(module.compute(predictions=predictions, references=references)[name])
 
     return compute
+
+
+# ---- regression (STS-B: Pearson and Spearman correlation) and multi-label classification ------------------------
+
+
+def _pearson(x: np.ndarray, y: np.ndarray) -> float:
+    """Pearson's r of two 1-D arrays, in float64; 0.0 when either is constant (undefined)."""
+    x, y = x - x.mean(), y - y.mean()
+    denominator = math.sqrt(float((x * x).sum()) * float((y * y).sum()))
+    return float((x * y).sum()) / denominator if denominator > 0 else 0.0
+
+
+def _average_ranks(x: np.ndarray) -> np.ndarray:
+    """Ranks 1..n, ties sharing the mean of their ranks (`scipy.stats.rankdata`'s default `"average"`)."""
+    order = np.argsort(x, kind="mergesort")
+    _, first, counts = np.unique(x[order], return_index=True, return_counts=True)
+    ranks = np.empty(len(x), dtype=np.float64)
+    ranks[order] = np.repeat(first + (counts + 1) / 2, counts)  # a tie group at 0-based first..first+c-1
+    return ranks
+
+
+def regression_scores(predictions: Any, references: Any) -> dict[str, float]:
+    """`pearson`, `spearman` (Pearson of the average ranks) and `mse` over every example and output."""
+    predictions = np.asarray(predictions, dtype=np.float64).reshape(-1)
+    references = np.asarray(references, dtype=np.float64).reshape(-1)
+    if predictions.shape != references.shape or predictions.size == 0:
+        raise ValueError(
+            f"need as many predictions as references (> 0), got {predictions.size} and {references.size}."
+        )
+    return {
+        "pearson": _pearson(predictions, references),
+        "spearman": _pearson(_average_ranks(predictions), _average_ranks(references)),
+        "mse": float(((predictions - references) ** 2).mean()),
+    }
+
+
+def multi_label_scores(predictions: Any, references: Any) -> dict[str, float]:
+    """`micro_f1` (over every (example, label) decision), `macro_f1` (the mean of each label's F1, 0.0 for a label
+    never predicted nor present, as scikit-learn's `zero_division=0`) and `exact_match` (the fraction of examples
+    whose whole label set is right), from `(N, L)` 0/1 predictions and references (thresholded at 0.5)."""
+    predicted = np.asarray(predictions).astype(np.float64) > 0.5
+    gold = np.asarray(references).astype(np.float64) > 0.5
+    if predicted.shape != gold.shape or predicted.ndim != 2 or predicted.size == 0:
+        raise ValueError(f"need (examples, labels) predictions and references, got {predicted.shape} and "
+                         f"{gold.shape}.")  # fmt: skip
+    true_pos = (predicted & gold).sum(axis=0)
+    false_pos, false_neg = (predicted & ~gold).sum(axis=0), (~predicted & gold).sum(axis=0)
+    micro = 2 * true_pos.sum() + false_pos.sum() + false_neg.sum()
+    per_label = 2 * true_pos + false_pos + false_neg
+    return {
+        "micro_f1": float(2 * true_pos.sum() / micro) if micro else 0.0,
+        "macro_f1": float(np.mean(np.where(per_label > 0, 2 * true_pos / np.maximum(per_label, 1), 0.0))),
+        "exact_match": float((predicted == gold).all(axis=1).mean()),
+    }
 
 
 # ---- entities: seqeval's default (conlleval-compatible) chunking, IOB2 tags ------------------------------------

@@ -106,6 +106,7 @@ class DistillationTrainer(Trainer):
         # The active loss terms (hf_distill/terms.py) and what they need from the models, read once.
         self._terms, self._needs = terms.active_terms(args.setting), terms.needs_of(args.setting)
         self.task = _check_tasks(model, teacher_model)
+        self.task.check_arguments(args)  # settings the task cannot honour (e.g. a temperature for regression)
         checks.check_models(model, teacher_model, kwargs.get("processing_class"))  # labels, vocabulary, tokenizer
         self.layer_map = _check_pair(model, teacher_model, args, self._needs)
         widths = _projection_widths(model, teacher_model, args, self._needs)  # (student, teacher) when W_h is needed
@@ -361,7 +362,8 @@ class DistillationTrainer(Trainer):
         with recording, projecting, capturing:
             outputs = model(**student_inputs)
         student_maps = self._student_recorder.attention_maps() if self._student_recorder else None
-        layer_mask = _frame_mask(self.accelerator.unwrap_model(model), attention_mask)  # what the layers see
+        # what the layers see: speech frames; multiple choice's (B * C, T) sequences (folded back by per_example)
+        layer_mask = _frame_mask(self.accelerator.unwrap_model(model), task.layer_attention_mask(attention_mask))
         needs_internals = bool(needs & _INTERNALS)  # maps, states, projections: the teacher must run
         if cached_logits is not None and not needs_internals:
             teacher_logits, teacher_maps, teacher_hidden = (cached_logits,), None, None  # (B, C) or a TopKTeacher
@@ -388,7 +390,7 @@ class DistillationTrainer(Trainer):
         )  # fmt: skip
         for term in self._terms:  # the per-example terms, each from its own function (hf_distill/terms.py)
             if not term.per_unit:
-                values[term.name] = (term.compute(context), ones)
+                values[term.name] = (task.per_example(term.compute(context), inputs), ones)
         example_sum = sum((weights[n] * v.sum() for n, (v, _) in values.items() if not terms.get_term(n).per_unit),
                           torch.zeros((), device=ones.device))  # fmt: skip
         if mode == "train" and not outputs_in_loss:
@@ -621,6 +623,14 @@ def _name_of(model: nn.Module) -> str | None:
 def _check_tasks(student: nn.Module, teacher: nn.Module) -> tasks.Task:
     """The task both models are heads for; refuses a teacher with another head than the student's."""
     task, teacher_task = tasks.detect_task(student), tasks.detect_task(teacher)
+    if teacher_task is not task and teacher_task.auto_class == task.auto_class:  # one head, set up differently
+        s_config, t_config = student.config, teacher.config
+        raise ValueError(
+            f"the student is set up for {task.name} (problem_type={s_config.problem_type!r}, num_labels="
+            f"{s_config.num_labels}) but the teacher for {teacher_task.name} (problem_type={t_config.problem_type!r}, "
+            f"num_labels={t_config.num_labels}): both need the same problem_type and num_labels. Build the student "
+            "from the teacher (build_student) or give it the teacher's problem_type, num_labels and id2label."
+        )
     if teacher_task is not task:
         raise ValueError(
             f"the student is a {type(student).__name__} ({task.name}) but the teacher a {type(teacher).__name__} "

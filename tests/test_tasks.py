@@ -296,13 +296,3 @@ def test_sentence_pairs_reach_the_teacher_with_their_token_type_ids(tmp_path):
 def test_the_task_is_recorded_in_distillation_config(tmp_path):
     teacher, student = PAIRS["token-classification"]()
     assert make_trainer(tmp_path, teacher, student).distillation_record().task == "token-classification"
-
-
-MULTI_LABEL = dict(num_labels=3, problem_type="multi_label_classification")
-
-
-@pytest.mark.parametrize("overrides", [dict(num_labels=1), MULTI_LABEL])
-def test_regression_and_multi_label_heads_are_refused(tmp_path, overrides):
-    with pytest.raises(ValueError, match="distils single-label classification.*num_labels >= 2"):
-        make_trainer(tmp_path, bert(BertForSequenceClassification, 4, 1, **overrides),
-                     bert(BertForSequenceClassification, 2, 2, **overrides))  # fmt: skip

@@ -8,6 +8,9 @@
 | `masked-lm` | `*ForMaskedLM` | `(B, T, V)` at the masked positions (`labels != -100`) | token |
 | `causal-lm` | `*ForCausalLM`, `*LMHeadModel` | next-token `(B, T-1, V)` where the next label is not `-100` | token |
 | `seq2seq` | `*ForConditionalGeneration`, `*MTModel` | decoder `(B, T_target, V)` where `labels != -100` | token |
+| `multiple-choice` | `*ForMultipleChoice` | `(B, C)` over the choices (inputs `(B, C, T)`) | example |
+| `regression` | `*ForSequenceClassification` (`problem_type="regression"`) | `(B, 1)`, squared errors | example |
+| `multi-label-classification` | same (`"multi_label_classification"`) | `(B, L)`, a sigmoid per label | example |
 
 Token-level terms (cross-entropy and KD) are summed over the distilled tokens of the whole accumulated batch and
 divided by their number, so a long sequence weighs as much per token as a short one and padding changes nothing;
@@ -34,14 +37,20 @@ from .question_answering import QUESTION_ANSWERING
 from .masked_lm import MASKED_LM
 from .causal_lm import CAUSAL_LM
 from .seq2seq import SEQ2SEQ
+from .multiple_choice import MULTIPLE_CHOICE
+from .regression import REGRESSION
+from .multi_label import MULTI_LABEL_CLASSIFICATION
 
 # isort: on
 
 __all__ = [
     "CAUSAL_LM",
     "MASKED_LM",
+    "MULTIPLE_CHOICE",
+    "MULTI_LABEL_CLASSIFICATION",
     "QUESTION_ANSWERING",
     "SEQ2SEQ",
+    "REGRESSION",
     "SEQUENCE_CLASSIFICATION",
     "TASKS",
     "TOKEN_CLASSIFICATION",

@@ -18,7 +18,16 @@ from ..task_metrics import QAReferences, TaskMetrics
 if TYPE_CHECKING:
     from ..teacher_cache import CacheFormat
 
-__all__ = ["TASKS", "Task", "batch_size", "detect_task", "get_task", "register_task", "task_of_class"]
+__all__ = [
+    "TASKS",
+    "Task",
+    "batch_size",
+    "detect_task",
+    "get_task",
+    "problem_type_of",
+    "register_task",
+    "task_of_class",
+]
 
 Terms = dict[str, tuple[torch.Tensor, torch.Tensor]]  # name -> (per-example sums, per-example unit counts), (B,)
 
@@ -43,6 +52,8 @@ class Task:
         needs_fast_tokenizer (`bool`): its data preparation maps words or answers to tokens through offsets.
         augments_text (`bool`): `hf-distill --augment` can add sentence variants to its training set.
         command_names (`tuple[str, ...]`): the `--task` values that run it (the first is `name`).
+        problem_type (`str` or `None`): for a head class several tasks share (`*ForSequenceClassification`), the
+            `config.problem_type` this task distils, read as transformers reads it (`problem_type_of`); `None`: any.
     """
 
     name: ClassVar[str]
@@ -58,6 +69,7 @@ class Task:
     fuses_lm_head: ClassVar[bool] = False
     needs_fast_tokenizer: ClassVar[bool] = False
     augments_text: ClassVar[bool] = False
+    problem_type: ClassVar[str | None] = None
 
     @property
     def command_names(self) -> tuple[str, ...]:
@@ -81,6 +93,9 @@ class Task:
     def check_models(self, student: Any, teacher: Any) -> None:
         """Refuse, before any work, a teacher/student pair whose heads this task cannot distil (both have its head)."""
 
+    def check_arguments(self, args: Any) -> None:
+        """Refuse (or warn about) distillation settings this task cannot honour; called with the trainer's args."""
+
     def logits(self, outputs: Any) -> tuple[torch.Tensor, ...]:
         """The logits the task distils from a model's outputs."""
         return (outputs.logits,)
@@ -89,6 +104,14 @@ class Task:
         """The batch as both models read it (unchanged by default; seq2seq adds the decoder inputs of teacher
         forcing when the collator did not). `model` is the unwrapped student."""
         return inputs
+    def layer_attention_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+        """The `(N, T)` mask of the sequences the model's layers run on (`N = B`, or `B * choices` for multiple
+        choice), for the attention, hidden-state and relation terms."""
+        return attention_mask
+
+    def per_example(self, values: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
+        """`(B,)`: a layer term's per-sequence values `(N,)` (see `layer_attention_mask`) folded per example."""
+        return values
 
     # ---- loss --------------------------------------------------------------------------------------------------
 
@@ -161,12 +184,14 @@ TASKS: dict[str, Task] = {}
 
 
 def register_task(task: Task) -> Task:
-    """Add `task` to `TASKS` (detection, `--task`, every dispatch); refuses a name or a class suffix already taken."""
+    """Add `task` to `TASKS` (detection, `--task`, every dispatch); refuses a name or a class suffix already taken
+    (a suffix may be shared by tasks that declare different `problem_type`s)."""
     if task.name in TASKS:
         raise ValueError(f"a task named {task.name!r} is already registered ({TASKS[task.name]!r}).")
     for other in TASKS.values():
         clash = set(task.class_suffixes) & set(other.class_suffixes)
-        if clash:
+        shared = task.problem_type is not None and other.problem_type is not None  # one head, several problems
+        if clash and not (shared and task.problem_type != other.problem_type):
             raise ValueError(f"{task.name!r} claims the class suffix(es) {sorted(clash)} of {other.name!r}.")
     TASKS[task.name] = task
     return task
@@ -179,17 +204,45 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def task_of_class(class_name: str | None) -> Task | None:
-    """The task whose head a model class name ends with (`BertForTokenClassification` -> token-classification)."""
-    return next((t for t in TASKS.values() if class_name and class_name.endswith(t.class_suffixes)), None)
+def problem_type_of(config: Any) -> str:
+    """`config.problem_type` as transformers' sequence-classification heads read it: when unset, `"regression"` for
+    `num_labels == 1`, else `"single_label_classification"`."""
+    problem = getattr(config, "problem_type", None)
+    if problem is None:
+        return "regression" if getattr(config, "num_labels", None) == 1 else "single_label_classification"
+    return problem
+
+
+def _heads_of(class_name: str | None) -> list[Task]:
+    return [t for t in TASKS.values() if class_name and class_name.endswith(t.class_suffixes)]
+
+
+def task_of_class(class_name: str | None, config: Any = None) -> Task | None:
+    """The task whose head a model class name ends with (`BertForTokenClassification` -> token-classification).
+
+    Where several tasks share the head (`*ForSequenceClassification`: single-label, regression, multi-label), the
+    one for `config`'s problem type (`problem_type_of`); without a `config`, the first registered of them."""
+    heads = _heads_of(class_name)
+    if config is None or len(heads) < 2:
+        return heads[0] if heads else None
+    problem = problem_type_of(config)
+    return next((t for t in heads if t.problem_type in (None, problem)), None)
 
 
 def detect_task(model: Any) -> Task:
-    """The task of a model, from its class name (`BertForTokenClassification` -> `token-classification`)."""
-    task = task_of_class(type(model).__name__)
+    """The task of a model, from its class name and, for shared heads, its `config.problem_type`."""
+    config = getattr(model, "config", None)
+    task = task_of_class(type(model).__name__, config)
     if task is not None:
         return task
-    heads = ", ".join(suffix for task in TASKS.values() for suffix in task.class_suffixes)
+    shared = _heads_of(type(model).__name__)
+    if shared:
+        known = ", ".join(f"{t.problem_type!r} ({t.name})" for t in shared)
+        raise ValueError(
+            f"cannot distil a {type(model).__name__} with problem_type={getattr(config, 'problem_type', None)!r}: "
+            f"hf-distill distils the problem types {known}. Set config.problem_type to one of them."
+        )
+    heads = ", ".join(dict.fromkeys(suffix for task in TASKS.values() for suffix in task.class_suffixes))
     raise ValueError(
         f"cannot distil a {type(model).__name__}: hf-distill supports models whose class ends with {heads}. Load the "
         "teacher and the student with the Auto class of their task, e.g. AutoModelForSequenceClassification."

@@ -29,6 +29,7 @@ class SequenceClassification(Task):
     pipeline_tag = "text-classification"
     teacher_cache = EXAMPLE_LOGITS
     augments_text = True
+    problem_type = "single_label_classification"  # the other problem types: tasks/regression.py, multi_label.py
 
     @property
     def command_names(self) -> tuple[str, ...]:
@@ -38,16 +39,14 @@ class SequenceClassification(Task):
         return "sentence-pair" if pair else self.name
 
     def check_models(self, student: Any, teacher: Any) -> None:
-        """The losses are softmax cross-entropy and softmax KL: regression and multi-label heads are refused."""
+        """The losses are softmax cross-entropy and softmax KL, which need at least two classes."""
         for who, model in (("student", student), ("teacher", teacher)):
             config = getattr(model, "config", None)
-            problem = getattr(config, "problem_type", None)
-            if getattr(config, "num_labels", 2) == 1 or problem in ("regression", "multi_label_classification"):
+            if getattr(config, "num_labels", 2) < 2:
                 raise ValueError(
-                    f"the {who} is set up for {problem or 'regression'} (num_labels={config.num_labels}, "
-                    f"problem_type={problem!r}); hf-distill distils single-label classification, whose loss terms "
-                    "are softmax cross-entropy and softmax KL. Give both models num_labels >= 2 and "
-                    "problem_type='single_label_classification' (or None)."
+                    f"the {who} has num_labels={config.num_labels} with problem_type={config.problem_type!r}: "
+                    "single-label classification (softmax cross-entropy and KL) needs num_labels >= 2. For a "
+                    "regression head (one score per text) set problem_type='regression' on both models."
                 )
 
     def output_terms(self, student, teacher, inputs, temperature, weights, training) -> tuple[Terms, Any]:
