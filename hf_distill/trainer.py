@@ -331,7 +331,6 @@ class DistillationTrainer(Trainer):
         """
         args, task = self.args, self.task
         mode = "train" if model.training else "eval"
-        attention_mask = inputs.get("attention_mask")
         cached_logits = inputs.get(teacher_cache.TEACHER_LOGITS)  # (B, C) from the teacher-output cache
         if cached_logits is None:
             cached_logits = teacher_cache.top_k_teacher_of(inputs)  # causal LM: TopKTeacher, (B, T, k)
@@ -355,7 +354,7 @@ class DistillationTrainer(Trainer):
         with recording, projecting, capturing:
             outputs = model(**student_inputs)
         student_maps = self._student_recorder.attention_maps() if self._student_recorder else None
-        layer_mask = _frame_mask(self.accelerator.unwrap_model(model), attention_mask)  # what the layers see
+        layer_mask = task.layer_mask(self.accelerator.unwrap_model(model), inputs)  # what the layers see (frames)
         needs_internals = args.gamma > 0 or args.hidden_weight > 0 or args.relation_weight > 0  # maps, states
         if cached_logits is not None and not needs_internals:
             teacher_logits, teacher_maps, teacher_hidden = (cached_logits,), None, None  # (B, C) or a TopKTeacher
@@ -636,16 +635,6 @@ def _layer_states(outputs) -> tuple[torch.Tensor, ...]:
     return states if states is not None else outputs["encoder_hidden_states"]
 
 
-def _frame_mask(model: nn.Module, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """The mask over the positions the layers see: for speech encoders (wav2vec2) the frames, computed by the model
-    from the raw-sample mask; for text models the attention mask itself."""
-    to_frames = getattr(model, "_get_feature_vector_attention_mask", None)
-    if attention_mask is None or to_frames is None:
-        return attention_mask
-    frames = model._get_feat_extract_output_lengths(torch.tensor(attention_mask.shape[-1]))
-    return to_frames(int(frames), attention_mask)
-
-
 def _name_of(model: nn.Module) -> str | None:
     config = getattr(model, "config", None)
     return getattr(config, "_name_or_path", None) or None
@@ -688,6 +677,7 @@ def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArgume
             f"hidden_weight=0 (now {args.hidden_weight})."
         )
     uses_layers = args.gamma > 0 or args.relation_weight > 0 or (args.hidden_weight > 0 and args.hidden_loss == "mse")
+    _check_layerdrop(s_config, args, uses_layers or args.hidden_weight > 0)
     try:
         student_layers, teacher_layers = num_layers(student), num_layers(teacher)
     except ValueError:
@@ -697,6 +687,21 @@ def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArgume
     layer_map = args.layer_map if args.layer_map is not None else default_layer_map(student_layers, teacher_layers)
     check_teacher_layers("layer_map", layer_map, student_layers, teacher_layers)
     return list(layer_map)
+
+
+def _check_layerdrop(config: Any, args: DistillationArguments, compares_layers: bool) -> None:
+    """LayerDrop (wav2vec2 and HuBERT default to 0.1) skips random student layers in training: their attention is
+    never recorded and their hidden state is the previous layer's, so the layer terms would crash or compare nothing."""
+    drops = {k: v for k, v in (config.to_dict() if config is not None else {}).items() if k.endswith("layerdrop")}
+    dropping = {k: v for k, v in drops.items() if isinstance(v, (int, float)) and v > 0}
+    if compares_layers and dropping:
+        name, value = next(iter(dropping.items()))
+        raise ValueError(
+            f"the student's config.{name}={value} skips random layers in training, so the layer-wise terms (gamma="
+            f"{args.gamma}, hidden_weight={args.hidden_weight}, relation_weight={args.relation_weight}) would miss "
+            f"them. Set student.config.{name} = 0 (on the command line: save the teacher with {name}: 0 in its "
+            "config.json; it changes nothing at inference), or set those weights to 0."
+        )
 
 
 def _projection_widths(student: nn.Module, teacher: nn.Module, args: DistillationArguments) -> tuple[int, int] | None:

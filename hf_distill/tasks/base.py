@@ -43,6 +43,12 @@ class Task:
         needs_fast_tokenizer (`bool`): its data preparation maps words or answers to tokens through offsets.
         augments_text (`bool`): `hf-distill --augment` can add sentence variants to its training set.
         command_names (`tuple[str, ...]`): the `--task` values that run it (the first is `name`).
+        main_input_names (`tuple[str, ...]` or `None`): the model inputs (`model.main_input_name`) of its heads;
+            `None`: any. A task that names them wins detection over one that does not (so a wav2vec2
+            `*ForSequenceClassification`, which reads `input_values`, is audio classification, not text).
+        processor_auto_class (`str`): the transformers Auto class of the preprocessor the command loads
+            (`AutoTokenizer`, `AutoFeatureExtractor`).
+        reads_text (`bool`): its inputs are token ids from a tokenizer (the command's vocabulary and length checks).
     """
 
     name: ClassVar[str]
@@ -58,6 +64,9 @@ class Task:
     fuses_lm_head: ClassVar[bool] = False
     needs_fast_tokenizer: ClassVar[bool] = False
     augments_text: ClassVar[bool] = False
+    main_input_names: ClassVar[tuple[str, ...] | None] = None
+    processor_auto_class: ClassVar[str] = "AutoTokenizer"
+    reads_text: ClassVar[bool] = True
 
     @property
     def command_names(self) -> tuple[str, ...]:
@@ -78,8 +87,22 @@ class Task:
 
     # ---- models ------------------------------------------------------------------------------------------------
 
+    def claims(self, class_name: str, main_input_name: str | None) -> bool:
+        """Whether a model class (and its `main_input_name`, when known) has this task's head."""
+        if not class_name.endswith(self.class_suffixes):
+            return False
+        return self.main_input_names is None or main_input_name is None or main_input_name in self.main_input_names
+
     def check_models(self, student: Any, teacher: Any) -> None:
         """Refuse, before any work, a teacher/student pair whose heads this task cannot distil (both have its head)."""
+
+    def check_processor(self, processor: Any, model: Any, option: str) -> None:
+        """Refuse, before any work, a preprocessor (given by the command's `--option`) that does not fit `model`."""
+
+    def layer_mask(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor | None:
+        """`(B, T)`: the positions `model`'s layers see that hold data (for the hidden-state, attention and relation
+        terms); `None`: all of them. The batch's attention mask by default."""
+        return inputs.get("attention_mask")
 
     def logits(self, outputs: Any) -> tuple[torch.Tensor, ...]:
         """The logits the task distils from a model's outputs."""
@@ -161,14 +184,30 @@ def get_task(name: str) -> Task:
     return TASKS[name]
 
 
-def task_of_class(class_name: str | None) -> Task | None:
-    """The task whose head a model class name ends with (`BertForTokenClassification` -> token-classification)."""
-    return next((t for t in TASKS.values() if class_name and class_name.endswith(t.class_suffixes)), None)
+def task_of_class(class_name: str | None, main_input_name: str | None = None) -> Task | None:
+    """The task whose head a model class has (`BertForTokenClassification` -> token-classification).
+
+    `main_input_name` (the model's, e.g. `input_values`) defaults to the transformers class's of that name, when there
+    is one. A task that names its inputs wins over one that takes any: `Wav2Vec2ForSequenceClassification` is audio.
+    """
+    if not class_name:
+        return None
+    if main_input_name is None:
+        import transformers
+
+        try:
+            main_input_name = getattr(getattr(transformers, class_name, None), "main_input_name", None)
+        except (ImportError, RuntimeError):  # a lazily imported class whose backend is missing
+            main_input_name = None
+    found = [t for t in TASKS.values() if t.claims(class_name, main_input_name)]
+    return next((t for t in found if t.main_input_names is not None), next(iter(found), None))
 
 
 def detect_task(model: Any) -> Task:
-    """The task of a model, from its class name (`BertForTokenClassification` -> `token-classification`)."""
-    task = task_of_class(type(model).__name__)
+    """The task of a model, from its class name and its inputs (`BertForTokenClassification` -> token-classification,
+    `Wav2Vec2ForSequenceClassification` -> audio-classification)."""
+    main_input_name = getattr(model, "main_input_name", None)
+    task = task_of_class(type(model).__name__, main_input_name if isinstance(main_input_name, str) else None)
     if task is not None:
         return task
     heads = ", ".join(suffix for task in TASKS.values() for suffix in task.class_suffixes)
