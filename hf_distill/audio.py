@@ -23,7 +23,7 @@ _SAMPLE_TYPES = {1: np.uint8, 2: np.int16, 4: np.int32}  # 8-bit WAV is unsigned
 
 
 def read_wav(source: str | Path | bytes) -> tuple[np.ndarray, int]:
-    """`(samples, sampling_rate)` of a PCM WAV file (a path or its bytes): float32 mono in `[-1, 1]`, channels averaged.
+    """`(samples, sampling_rate)` of a PCM WAV file (path or bytes): float32 mono in `[-1, 1]`, channels averaged.
 
     Raises:
         `ValueError` for a file that is not 8/16/24/32-bit integer PCM WAV (e.g. float WAV, FLAC, MP3).
@@ -99,8 +99,8 @@ def decode_audio_column(dataset, column: str, sampling_rate: int, base_dir: Path
         entries = [{"path": path, "bytes": None} for path in dataset[column]]
     else:
         raise ValueError(
-            f"--audio_column={column!r} of the {split} data is {feature}, not audio: give a `datasets.Audio` column or "
-            "a column of WAV file paths, and name it with --audio_column."
+            f"--audio_column={column!r} of the {split} data is {feature}, not audio: give a `datasets.Audio` column "
+            "or a column of WAV file paths, and name it with --audio_column."
         )
     located = []
     for row, entry in enumerate(entries):
@@ -144,19 +144,22 @@ class AudioCollator:
 
     Args:
         feature_extractor: the teacher's feature extractor (a `SequenceFeatureExtractor`).
-        return_attention_mask (`bool`): add the `attention_mask` over the padded samples (or frames), for models
-            trained with one (wav2vec2 with layer norm, HuBERT-large); the extractor's own setting by default.
+        return_attention_mask (`bool`, *optional*): add the `attention_mask` over the padded samples, for models
+            trained with one (wav2vec2 with layer norm, HuBERT-large); by default the extractor's own setting
+            (`False` for wav2vec2-base, whose padding is zeros the model reads, and for Whisper, which has no mask).
     """
 
     feature_extractor: Any
-    return_attention_mask: bool = True
+    return_attention_mask: bool | None = None
 
     def __call__(self, features: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
+        with_mask = self.return_attention_mask
+        if with_mask is None:
+            with_mask = bool(getattr(self.feature_extractor, "return_attention_mask", False))
         labels = [f.get("labels", f.get("label")) for f in features]
         inputs = [{k: v for k, v in f.items() if k not in ("label", "labels")} for f in features]
-        batch = self.feature_extractor.pad(inputs, return_attention_mask=self.return_attention_mask,
-                                           return_tensors="pt")  # fmt: skip
-        batch = {k: v for k, v in batch.items() if k != "attention_mask" or self.return_attention_mask}
+        batch = self.feature_extractor.pad(inputs, return_attention_mask=with_mask, return_tensors="pt")
+        batch = {k: v for k, v in batch.items() if k != "attention_mask" or with_mask}
         if labels[0] is not None:
             batch["labels"] = torch.tensor(labels, dtype=torch.long)
         return dict(batch)

@@ -354,7 +354,9 @@ def _history(history: dict[str, list[dict[str, Any]]], max_rows: int = 25) -> st
     return "## Training results\n\n" + _table(["Step", "Epoch", *(k.removeprefix("eval_") for k in keys)], rows) + note
 
 
-def _usage(load_path: str, on_hub: bool, auto_class: str, has_tokenizer: bool, processor: str = "AutoTokenizer") -> str:
+def _usage(
+    load_path: str, on_hub: bool, auto_class: str, has_tokenizer: bool, processor: str = "AutoTokenizer"
+) -> str:
     variable = "tokenizer" if processor == "AutoTokenizer" else "feature_extractor"
     tokenizer = f'{variable} = {processor}.from_pretrained("{load_path}")\n' if has_tokenizer else ""
     config = (

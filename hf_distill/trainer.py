@@ -691,7 +691,7 @@ def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArgume
 
 def _check_layerdrop(config: Any, args: DistillationArguments, compares_layers: bool) -> None:
     """LayerDrop (wav2vec2 and HuBERT default to 0.1) skips random student layers in training: their attention is
-    never recorded and their hidden state is the previous layer's, so the layer terms would crash or compare nothing."""
+    never recorded and their hidden state is the previous layer's, so the layer terms would crash or compare less."""
     drops = {k: v for k, v in (config.to_dict() if config is not None else {}).items() if k.endswith("layerdrop")}
     dropping = {k: v for k, v in drops.items() if isinstance(v, (int, float)) and v > 0}
     if compares_layers and dropping:

@@ -228,9 +228,11 @@ def test_teacher_cache_holds_each_rows_own_logits(tmp_path):
 
 def test_mismatched_models_are_refused(tmp_path):
     args = distillation_args(tmp_path)
-    bert = BertForSequenceClassification(BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1,
-                                                    num_attention_heads=2, intermediate_size=16, num_labels=3))  # fmt: skip
-    with pytest.raises(ValueError, match="Wav2Vec2ForSequenceClassification \\(audio-classification\\) but the teache"):
+    bert = BertForSequenceClassification(
+        BertConfig(vocab_size=32, hidden_size=16, num_hidden_layers=1, num_attention_heads=2, intermediate_size=16,
+                   num_labels=3)
+    )  # fmt: skip
+    with pytest.raises(ValueError, match="Wav2Vec2ForSequenceClassification \\(audio-classification\\) but the"):
         DistillationTrainer(model=wav2vec2(), teacher_model=bert, args=args)
     with pytest.raises(ValueError, match="reads 'input_values' but the teacher .* reads 'input_features'"):
         DistillationTrainer(model=wav2vec2(), teacher_model=whisper(), args=args)

@@ -7,7 +7,7 @@
 | `question-answering` (extractive) | `*ForQuestionAnswering` | start and end `(B, T)` over real tokens | example |
 | `masked-lm` | `*ForMaskedLM` | `(B, T, V)` at the masked positions (`labels != -100`) | token |
 | `causal-lm` | `*ForCausalLM`, `*LMHeadModel` | next-token `(B, T-1, V)` where the next label is not `-100` | token |
-| `audio-classification` | `*ForAudioClassification`; wav2vec2/HuBERT `*ForSequenceClassification` | `(B, C)` | example |
+| `audio-classification` | `*ForAudioClassification`; wav2vec2's `*ForSequenceClassification` | `(B, C)` | example |
 
 Token-level terms (cross-entropy and KD) are summed over the distilled tokens of the whole accumulated batch and
 divided by their number, so a long sequence weighs as much per token as a short one and padding changes nothing;

@@ -93,8 +93,8 @@ class AudioClassification(SequenceClassification):
         if names[0] != model.main_input_name:
             raise ValueError(
                 f"--{option}: the {kind} makes {names[0]!r} but the {type(model).__name__} reads "
-                f"{model.main_input_name!r}: it is not this model's feature extractor. Use the teacher's (save it with "
-                "the teacher, or point --tokenizer_name at it)."
+                f"{model.main_input_name!r}: it is not this model's feature extractor. Use the teacher's (save it "
+                "with the teacher, or point --tokenizer_name at it)."
             )
         mel_bins = getattr(config, "num_mel_bins", None)
         made = getattr(processor, "num_mel_bins", None) or getattr(processor, "feature_size", None)
@@ -154,9 +154,8 @@ def _audio_classification(splits, args, feature_extractor, config):
         features = feature_extractor(waveforms, sampling_rate=rate, return_attention_mask=False)
         name = feature_extractor.model_input_names[0]
         encoded[split] = Dataset.from_dict({name: [_as_list(f) for f in features[name]], "labels": labels})
-    with_mask = bool(getattr(feature_extractor, "return_attention_mask", False))
     columns = {"audio_column": audio, "label_column": label, "sampling_rate": rate}
-    return TaskData(encoded["train"], encoded["validation"], AudioCollator(feature_extractor, with_mask), columns)
+    return TaskData(encoded["train"], encoded["validation"], AudioCollator(feature_extractor), columns)
 
 
 def _as_list(values):
