@@ -663,7 +663,8 @@ def _check_pair(student: nn.Module, teacher: nn.Module, args: DistillationArgume
             "same label set. Build the student with the teacher's num_labels, id2label and label2id."
         )
     s_vocab, t_vocab = getattr(s_config, "vocab_size", None), getattr(t_config, "vocab_size", None)
-    if s_vocab is not None and t_vocab is not None and s_vocab != t_vocab:
+    reads_ids = getattr(student, "main_input_name", "input_ids") == "input_ids"  # wav2vec2's vocab_size is CTC's
+    if reads_ids and s_vocab is not None and t_vocab is not None and s_vocab != t_vocab:
         raise ValueError(
             f"teacher vocab_size={t_vocab} differs from student vocab_size={s_vocab}: both models read the same "
             "input_ids, so they need the same tokenizer. Build the student from the teacher (build_student)."

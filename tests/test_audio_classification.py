@@ -241,6 +241,14 @@ def test_mismatched_models_are_refused(tmp_path):
                                                                                   student_num_layers=2))  # fmt: skip
 
 
+def test_a_student_with_another_ctc_vocabulary_is_accepted(tmp_path):
+    """wav2vec2's `vocab_size` is its CTC head's, unused by a classifier: it is no input vocabulary to match."""
+    trainer = DistillationTrainer(
+        model=wav2vec2(vocab_size=40), teacher_model=wav2vec2(), args=distillation_args(tmp_path)
+    )
+    assert trainer.task is AUDIO_CLASSIFICATION
+
+
 def test_labels_out_of_range_are_refused_before_training(tmp_path):
     extractor = speech_extractor()
     data = speech_dataset(4, extractor, labels=[0, 1, 2, 7])

@@ -18,6 +18,7 @@ from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 from hf_distill import load_training_history
 
 WORDS = ["yes", "no", "up", "down"]
+FRAMES_20MS = {"conv_dim": (16, 16, 16), "conv_kernel": (10, 8, 8), "conv_stride": (5, 8, 8)}  # 320 samples a frame
 
 
 def options(teacher: str, train: str, dev: str, out: Path, **overrides) -> list[str]:
@@ -43,10 +44,12 @@ def fit(model, batch: dict, labels: torch.Tensor, steps: int) -> None:
 
 
 def save_teacher(rows: list[dict], folder: Path, labels: dict[int, str], steps: int) -> str:
-    """A tiny wav2vec2 teacher, trained on `rows` (WAV paths and labels, read at 16 kHz), saved with its extractor."""
+    """A tiny wav2vec2 teacher (wav2vec2's 20 ms frames), trained on `rows` (WAV paths and labels, read at 16 kHz),
+    saved with its feature extractor."""
     from hf_distill.audio import read_wav, resample
 
-    extractor, teacher = speech_extractor(), wav2vec2(id2label=labels, label2id={v: k for k, v in labels.items()})
+    label2id = {v: k for k, v in labels.items()}
+    extractor, teacher = speech_extractor(), wav2vec2(id2label=labels, label2id=label2id, **FRAMES_20MS)
     waves = [resample(*read_wav(row["audio"]), 16000) for row in rows]
     batch = extractor(waves, sampling_rate=16000, padding=True, return_attention_mask=True, return_tensors="pt")
     fit(teacher, dict(batch), torch.tensor([row["label"] for row in rows]), steps)
@@ -127,16 +130,16 @@ def speak(folder: Path, word: str, voice: str, speed: int, pitch: int) -> str:
 
 
 def reference_accuracy(model_dir: Path, rows: list[dict]) -> float:
-    """Accuracy from the saved model and extractor, one clip at a time, read with `wave` and resampled by linear
-    interpolation (independent of the command's reader and resampler; a small difference in the waveform)."""
+    """Accuracy from the saved model and extractor, one clip at a time, read with `wave` and resampled by
+    `scipy.signal.resample` (independent of the command's reader and resampler)."""
+    signal = pytest.importorskip("scipy.signal")
     model = AutoModelForAudioClassification.from_pretrained(model_dir).eval()
     extractor = AutoFeatureExtractor.from_pretrained(model_dir)
     correct = 0
     for row in rows:
-        with wave.open(row["audio"]) as file:
+        with wave.open(row["audio"]) as file:  # espeak-ng: 16-bit mono
             rate, samples = file.getframerate(), np.frombuffer(file.readframes(file.getnframes()), "<i2") / 32768.0
-        times = np.arange(int(len(samples) * 16000 / rate)) / 16000
-        waveform = np.interp(times, np.arange(len(samples)) / rate, samples).astype(np.float32)
+        waveform = signal.resample(samples, round(len(samples) * 16000 / rate)).astype(np.float32)
         inputs = extractor(waveform, sampling_rate=16000, return_tensors="pt")
         with torch.no_grad():
             correct += int(model(**inputs).logits.argmax(-1).item() == row["label"])
@@ -149,10 +152,10 @@ def test_spoken_words_end_to_end(tmp_path, capsys):
     them, distilled into a 2-layer student through the command with every loss term."""
     folder = tmp_path / "wav"
     folder.mkdir()
-    voices, speeds, pitches = ["en-us", "en", "en+f3", "en+m3"], [120, 170], [35, 65]
+    voices, speeds, pitches = ["en-us", "en+f3", "en+m3"], [120, 170], [35, 65]
     train = [{"audio": speak(folder, w, v, s, p), "label": i}
              for i, w in enumerate(WORDS) for v in voices for s in speeds for p in pitches]  # fmt: skip
-    dev = [{"audio": speak(folder, w, v, 145, 50), "label": i} for i, w in enumerate(WORDS) for v in voices]
+    dev = [{"audio": speak(folder, w, v, 145, 50), "label": i} for i, w in enumerate(WORDS) for v in [*voices, "en"]]
     teacher = save_teacher(train, tmp_path / "teacher", dict(enumerate(WORDS)), steps=30)
     out = tmp_path / "out"
     train_file, dev_file = write_jsonl(tmp_path / "train.jsonl", train), write_jsonl(tmp_path / "dev.jsonl", dev)
@@ -160,6 +163,7 @@ def test_spoken_words_end_to_end(tmp_path, capsys):
     argv = options(teacher, train_file, dev_file, out, max_steps=8, eval_steps=8, save_steps=8, **terms)
     report = run_ok(argv, capsys, "accuracy", {"accuracy"})
     assert report["evaluation"]["teacher"]["metrics"]["accuracy"] > 0.5  # chance is 0.25: the teacher hears words
+    # the same accuracy from the saved teacher, clip by clip (one clip may flip on float32 rounding)
     assert report["evaluation"]["teacher"]["metrics"]["accuracy"] == pytest.approx(
         reference_accuracy(Path(teacher), dev), abs=1.5 / len(dev))  # fmt: skip
     history = load_training_history(out)
