@@ -29,7 +29,7 @@ import argparse
 from pathlib import Path
 
 import numpy as np
-from datasets import load_dataset
+from datasets import Dataset, load_dataset
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
 from hf_distill import DistillationArguments, DistillationTrainer, build_student  # changed
@@ -62,11 +62,7 @@ def featurise(split: str, data_file: str):
     name = feature_extractor.model_input_names[0]  # input_values (wav2vec2, HuBERT) or input_features (Whisper)
     features = feature_extractor(waveforms, sampling_rate=rate)[name]
     labels = [label2id[v] if isinstance(v, str) else int(v) for v in dataset["label"]]
-    return (
-        dataset.select_columns([])
-        .add_column(name, [np.asarray(f).tolist() for f in features])
-        .add_column("labels", labels)
-    )
+    return Dataset.from_dict({name: [np.asarray(f).tolist() for f in features], "labels": labels})
 
 
 train, evaluation = featurise("train", args.train_file), featurise("validation", args.validation_file)
@@ -82,7 +78,7 @@ training_args = DistillationArguments(  # changed
     per_device_train_batch_size=32,
     num_train_epochs=5,
     max_steps=args.max_steps,
-    warmup_ratio=0.1,
+    warmup_steps=100,
     eval_strategy="steps",
     eval_steps=200,
     logging_steps=20,
