@@ -85,10 +85,12 @@ def tones(tmp_path_factory):
             "dev": write_jsonl(root / "dev.jsonl", dev), "root": root}  # fmt: skip
 
 
-def test_tones_end_to_end(tones, tmp_path, capsys):
+def test_tones_end_to_end_with_the_teacher_cache(tones, tmp_path, capsys):
     out = tmp_path / "out"
-    report = run_ok(options(tones["teacher"], tones["train"], tones["dev"], out, recipe="seed"), capsys, "accuracy",
-                    {"accuracy"})  # fmt: skip
+    cache = tmp_path / "cache"  # the default recipe distils the logits alone: the teacher's can be cached
+    argv = options(tones["teacher"], tones["train"], tones["dev"], out, teacher_cache_dir=cache)
+    report = run_ok(argv, capsys, "accuracy", {"accuracy"})
+    assert report["training"]["settings"]["gamma"] == 0 and len([p for p in cache.iterdir() if p.is_dir()]) == 1
     assert report["task"] == "audio-classification" and report["data"]["audio_column"] == "audio"
     assert report["data"]["sampling_rate"] == 16000 and "max_seq_length" not in report["data"]
     assert (out / "preprocessor_config.json").is_file()
