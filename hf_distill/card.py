@@ -22,7 +22,7 @@ from huggingface_hub.utils import validate_repo_id
 from .artifacts import CONFIG_NAME, DistillationRecord, atomic_write_text, load_distillation_config, training_history
 from .engines import mixed_precision_of
 from .recipes import RECIPES
-from .tasks import task_of_class
+from .tasks import TASKS, task_of_class
 from .terms import registered_terms
 
 __all__ = [
@@ -192,10 +192,14 @@ def _table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines + ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows])
 
 
-def _task_and_auto_class(architecture: str | None) -> tuple[str | None, str]:
-    """The Hub's pipeline tag and the Auto class of a model class name (`None`, `AutoModel` for another head)."""
-    task = task_of_class(architecture)
-    return (task.pipeline_tag, task.auto_class) if task is not None else (None, "AutoModel")
+def _task_and_auto_class(architecture: str | None, task_name: str | None = None) -> tuple[str | None, str, str]:
+    """The Hub's pipeline tag, the Auto class and the preprocessor's Auto class of a model class name (or of the
+    task the record names); `None`, `AutoModel`, `AutoTokenizer` for another head."""
+    task = TASKS.get(task_name) if task_name else None
+    task = task or task_of_class(architecture)
+    if task is None:
+        return None, "AutoModel", "AutoTokenizer"
+    return task.pipeline_tag, task.auto_class, task.processor_auto_class
 
 
 def _model_link(name: str | None) -> str:
@@ -339,8 +343,11 @@ def _history(history: dict[str, list[dict[str, Any]]], max_rows: int = 25) -> st
     return "## Training results\n\n" + _table(["Step", "Epoch", *(k.removeprefix("eval_") for k in keys)], rows) + note
 
 
-def _usage(load_path: str, on_hub: bool, auto_class: str, has_tokenizer: bool) -> str:
-    tokenizer = f'tokenizer = AutoTokenizer.from_pretrained("{load_path}")\n' if has_tokenizer else ""
+def _usage(
+    load_path: str, on_hub: bool, auto_class: str, has_tokenizer: bool, processor: str = "AutoTokenizer"
+) -> str:
+    variable = "tokenizer" if processor == "AutoTokenizer" else "feature_extractor"
+    tokenizer = f'{variable} = {processor}.from_pretrained("{load_path}")\n' if has_tokenizer else ""
     config = (
         f'record = load_distillation_config(hf_hub_download("{load_path}", "{CONFIG_NAME}"))'
         if on_hub
@@ -349,7 +356,7 @@ def _usage(load_path: str, on_hub: bool, auto_class: str, has_tokenizer: bool) -
     hub_import = "from huggingface_hub import hf_hub_download\n" if on_hub else ""
     return (
         "## How to use\n\n```python\n"
-        f"from transformers import {auto_class}{', AutoTokenizer' if has_tokenizer else ''}\n\n"
+        f"from transformers import {auto_class}{', ' + processor if has_tokenizer else ''}\n\n"
         f'model = {auto_class}.from_pretrained("{load_path}")\n{tokenizer}```\n\n'
         f"The distillation settings and lineage load as a typed record:\n\n```python\n{hub_import}"
         f"from hf_distill import load_distillation_config\n\n{config}\nprint(record.teacher_model, "
@@ -385,7 +392,7 @@ def build_model_card(
     report = report or {}
     if base_model is None and is_hub_id(record.teacher_model):
         base_model = record.teacher_model
-    inferred_task, auto_class = _task_and_auto_class(record.student_architecture)
+    inferred_task, auto_class, processor = _task_and_auto_class(record.student_architecture, record.task)
     task = task or inferred_task
     metrics = _metrics(report.get("student_after")) or dict(eval_metrics or {})
     hub_datasets = [d for d in datasets or [] if d.id]
@@ -437,7 +444,7 @@ def build_model_card(
         _loss(record),
         _hyperparameters(record, hyperparameters or {}),
         _history(history or {}),
-        _usage(load_path, on_hub, auto_class, has_tokenizer),
+        _usage(load_path, on_hub, auto_class, has_tokenizer, processor),
         "## Framework versions\n\n" + "\n".join(f"- {k}: {v}" for k, v in record.versions.items()),
         "## Citation\n\nKnowledge distillation (soft labels at temperature T) follows Hinton et al. (2015); the "
         "self-attention distillation term follows MiniLM (Wang et al., 2020).\n\n" + _CITATION,

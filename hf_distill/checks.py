@@ -133,7 +133,8 @@ def check_models(student: nn.Module, teacher: nn.Module, processing_class: Any =
     check_same_labels(student, teacher)
     s_vocab = getattr(getattr(student, "config", None), "vocab_size", None)
     t_vocab = getattr(getattr(teacher, "config", None), "vocab_size", None)
-    if s_vocab is not None and t_vocab is not None and s_vocab != t_vocab:
+    reads_ids = getattr(student, "main_input_name", "input_ids") == "input_ids"  # wav2vec2's vocab_size is CTC's
+    if reads_ids and s_vocab is not None and t_vocab is not None and s_vocab != t_vocab:
         raise ValueError(
             f"teacher vocab_size={t_vocab} differs from student vocab_size={s_vocab}: both models read the same "
             "input_ids, so they need the same tokenizer. Build the student from the teacher (build_student)."
@@ -189,7 +190,7 @@ def _position_limit(model: nn.Module) -> tuple[int | None, bool]:
 def _label_bound(model: nn.Module) -> tuple[str, int] | None:
     """(`name`, n): labels must lie in 0..n-1 (or be -100), for the heads whose labels are class indices."""
     config, name = getattr(model, "config", None), type(model).__name__
-    if name.endswith(("ForSequenceClassification", "ForTokenClassification")):
+    if name.endswith(("ForSequenceClassification", "ForTokenClassification", "ForAudioClassification")):
         num_labels = getattr(config, "num_labels", None)
         if getattr(config, "problem_type", None) in ("regression", "multi_label_classification") or not num_labels:
             return None

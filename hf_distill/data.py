@@ -55,6 +55,14 @@ class DataArguments:
                   "'ner_tags', 'labels' or 'label' (one per word) for token classification; 'answers' for question "
                   "answering; language models have none."},
     )  # fmt: skip
+    audio_column: str | None = field(
+        default=None,
+        metadata={"help": "Audio classification: the column of audio, a `datasets.Audio` feature or WAV file paths "
+                  "(relative to the working directory or the data file). Default: 'audio', 'file' or 'path'."},
+    )  # fmt: skip
+    max_audio_seconds: float | None = field(
+        default=None, metadata={"help": "Audio classification: clips longer than this many seconds are cut."}
+    )
     max_seq_length: int = field(
         default=128, metadata={"help": "Longer inputs are truncated to this many tokens; padding is per batch."}
     )
@@ -110,6 +118,8 @@ class DataArguments:
             raise ValueError(
                 f"--doc_stride must be >= 0 (tokens shared by consecutive windows), got {self.doc_stride}."
             )
+        if self.max_audio_seconds is not None and not self.max_audio_seconds > 0:
+            raise ValueError(f"--max_audio_seconds must be > 0, got {self.max_audio_seconds}.")
         for name in ("max_seq_length", "max_target_length", "max_train_samples", "max_eval_samples"):
             value = getattr(self, name)
             if value is not None and value < 1:

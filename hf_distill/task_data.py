@@ -11,6 +11,7 @@ task, loads the splits, runs the checks every task shares and holds the helpers 
 | `question-answering` | `question`, `context`, `answers` (SQuAD); a long context in windows | `...WithPadding` |
 | `masked-lm` | `sentence`/`text` | `DataCollatorForLanguageModeling`; the evaluation set masked once |
 | `causal-lm` | `sentence`/`text` | `DataCollatorForLanguageModeling(mlm=False)` |
+| `audio-classification` | `audio`/`file`/`path` (WAV paths or an `Audio` feature), `label` | `audio.AudioCollator` |
 
 Every check (columns, labels, answer spans) reads the whole files before any model is loaded.
 """

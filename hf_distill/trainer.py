@@ -336,7 +336,6 @@ class DistillationTrainer(Trainer):
         args, task = self.args, self.task
         inputs = task.model_inputs(self.accelerator.unwrap_model(model), inputs)  # seq2seq: the decoder inputs
         mode = "train" if model.training else "eval"
-        attention_mask = inputs.get("attention_mask")
         cached_logits = inputs.get(teacher_cache.TEACHER_LOGITS)  # (B, C) from the teacher-output cache
         if cached_logits is None:
             cached_logits = teacher_cache.top_k_teacher_of(inputs)  # causal LM: TopKTeacher, (B, T, k)
@@ -363,7 +362,7 @@ class DistillationTrainer(Trainer):
             outputs = model(**student_inputs)
         student_maps = self._student_recorder.attention_maps() if self._student_recorder else None
         # what the layers see: speech frames; multiple choice's (B * C, T) sequences (folded back by per_example)
-        layer_mask = _frame_mask(self.accelerator.unwrap_model(model), task.layer_attention_mask(attention_mask))
+        layer_mask = task.layer_attention_mask(task.layer_mask(self.accelerator.unwrap_model(model), inputs))
         needs_internals = bool(needs & _INTERNALS)  # maps, states, projections: the teacher must run
         if cached_logits is not None and not needs_internals:
             teacher_logits, teacher_maps, teacher_hidden = (cached_logits,), None, None  # (B, C) or a TopKTeacher
@@ -605,16 +604,6 @@ def _layer_states(outputs) -> tuple[torch.Tensor, ...]:
     return states if states is not None else outputs["encoder_hidden_states"]
 
 
-def _frame_mask(model: nn.Module, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-    """The mask over the positions the layers see: for speech encoders (wav2vec2) the frames, computed by the model
-    from the raw-sample mask; for text models the attention mask itself."""
-    to_frames = getattr(model, "_get_feature_vector_attention_mask", None)
-    if attention_mask is None or to_frames is None:
-        return attention_mask
-    frames = model._get_feat_extract_output_lengths(torch.tensor(attention_mask.shape[-1]))
-    return to_frames(int(frames), attention_mask)
-
-
 def _name_of(model: nn.Module) -> str | None:
     config = getattr(model, "config", None)
     return getattr(config, "_name_or_path", None) or None
@@ -648,6 +637,7 @@ def _check_pair(
 
     (Labels, vocabulary and tokenizer are `checks.check_models`'; the hidden widths `_projection_widths`'.)"""
     uses_layers = "layer_map" in needs
+    _check_layerdrop(getattr(student, "config", None), args, uses_layers or args.hidden_weight > 0)
     try:
         student_layers, teacher_layers = num_layers(student), num_layers(teacher)
     except ValueError:
@@ -657,6 +647,21 @@ def _check_pair(
     layer_map = args.layer_map if args.layer_map is not None else default_layer_map(student_layers, teacher_layers)
     check_teacher_layers("layer_map", layer_map, student_layers, teacher_layers)
     return list(layer_map)
+
+
+def _check_layerdrop(config: Any, args: DistillationArguments, compares_layers: bool) -> None:
+    """LayerDrop (wav2vec2 and HuBERT default to 0.1) skips random student layers in training: their attention is
+    never recorded and their hidden state is the previous layer's, so the layer terms would crash or compare less."""
+    drops = {k: v for k, v in (config.to_dict() if config is not None else {}).items() if k.endswith("layerdrop")}
+    dropping = {k: v for k, v in drops.items() if isinstance(v, (int, float)) and v > 0}
+    if compares_layers and dropping:
+        name, value = next(iter(dropping.items()))
+        raise ValueError(
+            f"the student's config.{name}={value} skips random layers in training, so the layer-wise terms (gamma="
+            f"{args.gamma}, hidden_weight={args.hidden_weight}, relation_weight={args.relation_weight}) would miss "
+            f"them. Set student.config.{name} = 0 (on the command line: save the teacher with {name}: 0 in its "
+            "config.json; it changes nothing at inference), or set those weights to 0."
+        )
 
 
 def _projection_widths(

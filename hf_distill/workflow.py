@@ -169,17 +169,23 @@ def prepare_run(
     revision = {"revision": training_args.teacher_revision} if training_args.teacher_revision else {}
     teacher_remote = {"trust_remote_code": model_args.trust_remote_code or training_args.teacher_trust_remote_code}
     teacher_config = _load("teacher_model_name_or_path", teacher_path, AutoConfig, **teacher_remote, **revision)
-    tokenizer_name = model_args.tokenizer_name or teacher_path
-    tokenizer = _load("tokenizer_name" if model_args.tokenizer_name else "teacher_model_name_or_path",
-                      tokenizer_name, AutoTokenizer, **remote)  # fmt: skip
-    _check_sequence_length(data_args.max_seq_length, tokenizer, teacher_config)
-    _ensure_padding_token(tokenizer)
-
     task, pair = resolve_task(model_args.task, teacher_config)
     auto_class = getattr(transformers, task.auto_class)
+    tokenizer_name = model_args.tokenizer_name or teacher_path
+    processor_option = "tokenizer_name" if model_args.tokenizer_name else "teacher_model_name_or_path"
+    processor_class = AutoTokenizer if task.reads_text else getattr(transformers, task.processor_auto_class)
+    tokenizer = _load(processor_option, tokenizer_name, processor_class, **remote)  # or a feature extractor
+    if task.reads_text:
+        _check_sequence_length(data_args.max_seq_length, tokenizer, teacher_config)
+        _ensure_padding_token(tokenizer)
 
     def load_teacher_model():
         return _load("teacher_model_name_or_path", teacher_path, auto_class, **teacher_remote, **revision)
+
+    teacher = None
+    if not task.reads_text:  # the feature extractor is checked against the teacher before any audio is read
+        teacher = load_teacher_model()
+        task.check_processor(tokenizer, teacher, processor_option)
 
     transfer_set = None
     if run_args.augment:
@@ -188,13 +194,18 @@ def prepare_run(
     metrics = task_metrics(task, teacher_config, data.references)
     metrics.tokenizer, metrics.max_target_length = tokenizer, data_args.max_target_length  # seq2seq generates
 
-    teacher = transfer_set.teacher if transfer_set else load_teacher_model()
+    if teacher is None:
+        teacher = transfer_set.teacher if transfer_set else load_teacher_model()
     student = _loaded_student(model_args, teacher, auto_class, remote)
-    _check_vocabulary(tokenizer, teacher, "teacher")
-    if student is not None:
-        _check_vocabulary(tokenizer, student, "student")
+    if not task.reads_text:
+        if student is not None:
+            task.check_processor(tokenizer, student, processor_option)
+    else:
+        _check_vocabulary(tokenizer, teacher, "teacher")
+        if student is not None:
+            _check_vocabulary(tokenizer, student, "student")
     for model in (teacher, student):  # decoder-only classifiers find the last real token through pad_token_id
-        if model is not None and getattr(model.config, "pad_token_id", None) is None:
+        if task.reads_text and model is not None and getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
 
     train, evaluation = data.train, data.evaluation
@@ -226,7 +237,7 @@ def prepare_run(
         "num_eval": len(evaluation) if data.references is None else data.references.num_examples,
         **({} if data.references is None else {"num_eval_features": len(evaluation)}),  # QA: windows of long contexts
         **data.columns,
-        "max_seq_length": data_args.max_seq_length,
+        **({"max_seq_length": data_args.max_seq_length} if task.reads_text else {}),
         **({"augmentation": transfer_set.record} if transfer_set else {}),
         "student_source": source,
     }
@@ -405,7 +416,7 @@ def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval
         },
         "files": {
             "config.json, model.safetensors": "the distilled student (reload with from_pretrained)",
-            "tokenizer files": "the tokenizer, unchanged",
+            "tokenizer files": "the tokenizer (audio: the feature extractor), unchanged",
             CONFIG_NAME: "teacher, student, settings, layer map, compression, versions",
             HISTORY_NAME: "per-term training losses, eval metrics, learning rate by step",
             f"{REPORT_JSON}, {REPORT_MD}": "this comparison",

@@ -32,7 +32,7 @@ SPECIAL = dict(bos_token_id=1, eos_token_id=2, cls_token_id=1, sep_token_id=2)
 WAV2VEC2 = dict(
     hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, conv_dim=(8, 8),
     conv_kernel=(10, 3), conv_stride=(5, 2), num_conv_pos_embeddings=4, num_conv_pos_embedding_groups=2,
-    num_labels=2, vocab_size=16,
+    num_labels=2, vocab_size=16, layerdrop=0.0,  # LayerDrop would skip the layers the layer-wise terms compare
 )  # fmt: skip
 WHISPER = dict(
     d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=4, decoder_attention_heads=4,

@@ -14,6 +14,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 import transformers
@@ -246,6 +247,23 @@ def test_seq2seq_example(tmp_path):
     assert (out / "generation_config.json").is_file()
     results = json.loads((out / "eval_results.json").read_text())
     assert {"eval_rougeL", "eval_bleu", "eval_exact_match", "eval_loss_kd"} <= set(results)
+def test_audio_classification_example(tmp_path):
+    from test_audio_classification import speech_extractor, wav2vec2, write_wav
+
+    (tmp_path / "wav").mkdir()
+    rows = []
+    for i in range(12):  # three pitches, one per label, at 8 kHz (the script resamples to 16 kHz)
+        tone = 0.5 * np.sin(2 * np.pi * (300, 900, 2700)[i % 3] * np.arange(2400) / 8000)
+        write_wav(tmp_path / "wav" / f"{i}.wav", tone, 8000)
+        rows.append({"audio": f"wav/{i}.wav", "label": ("yes", "no", "up")[i % 3]})
+    wav2vec2(layerdrop=0.1).save_pretrained(tmp_path / "teacher")  # the script turns LayerDrop off in the student
+    speech_extractor().save_pretrained(tmp_path / "teacher")
+    train, dev = write_jsonl(tmp_path / "train.jsonl", rows), write_jsonl(tmp_path / "dev.jsonl", rows[:6])
+    out = run_example("distil_audio_classification.py", tmp_path, "--teacher", str(tmp_path / "teacher"),
+                      "--train_file", str(train), "--validation_file", str(dev))  # fmt: skip
+    history = check_student(out, "AutoModelForAudioClassification")
+    assert 0 <= history["eval"][-1]["eval_accuracy"] <= 1 and (out / "preprocessor_config.json").is_file()
+    assert {"loss_attn", "loss_hidden"} <= set(history["train"][-1])
 
 
 def test_every_task_example_is_listed_and_tested():

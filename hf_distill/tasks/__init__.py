@@ -11,6 +11,7 @@
 | `multiple-choice` | `*ForMultipleChoice` | `(B, C)` over the choices (inputs `(B, C, T)`) | example |
 | `regression` | `*ForSequenceClassification` (`problem_type="regression"`) | `(B, 1)`, squared errors | example |
 | `multi-label-classification` | same (`"multi_label_classification"`) | `(B, L)`, a sigmoid per label | example |
+| `audio-classification` | `*ForAudioClassification`; wav2vec2's `*ForSequenceClassification` | `(B, C)` | example |
 
 Token-level terms (cross-entropy and KD) are summed over the distilled tokens of the whole accumulated batch and
 divided by their number, so a long sequence weighs as much per token as a short one and padding changes nothing;
@@ -40,10 +41,12 @@ from .seq2seq import SEQ2SEQ
 from .multiple_choice import MULTIPLE_CHOICE
 from .regression import REGRESSION
 from .multi_label import MULTI_LABEL_CLASSIFICATION
+from .audio_classification import AUDIO_CLASSIFICATION
 
 # isort: on
 
 __all__ = [
+    "AUDIO_CLASSIFICATION",
     "CAUSAL_LM",
     "MASKED_LM",
     "MULTIPLE_CHOICE",

@@ -54,6 +54,12 @@ class Task:
         command_names (`tuple[str, ...]`): the `--task` values that run it (the first is `name`).
         problem_type (`str` or `None`): for a head class several tasks share (`*ForSequenceClassification`), the
             `config.problem_type` this task distils, read as transformers reads it (`problem_type_of`); `None`: any.
+        main_input_names (`tuple[str, ...]` or `None`): the model inputs (`model.main_input_name`) of its heads;
+            `None`: any. A task that names them wins detection over one that does not (so a wav2vec2
+            `*ForSequenceClassification`, which reads `input_values`, is audio classification, not text).
+        processor_auto_class (`str`): the transformers Auto class of the preprocessor the command loads
+            (`AutoTokenizer`, `AutoFeatureExtractor`).
+        reads_text (`bool`): its inputs are token ids from a tokenizer (the command's vocabulary and length checks).
     """
 
     name: ClassVar[str]
@@ -70,6 +76,9 @@ class Task:
     needs_fast_tokenizer: ClassVar[bool] = False
     augments_text: ClassVar[bool] = False
     problem_type: ClassVar[str | None] = None
+    main_input_names: ClassVar[tuple[str, ...] | None] = None
+    processor_auto_class: ClassVar[str] = "AutoTokenizer"
+    reads_text: ClassVar[bool] = True
 
     @property
     def command_names(self) -> tuple[str, ...]:
@@ -90,11 +99,24 @@ class Task:
 
     # ---- models ------------------------------------------------------------------------------------------------
 
+    def claims(self, class_name: str, main_input_name: str | None) -> bool:
+        """Whether a model class (and its `main_input_name`, when known) has this task's head."""
+        if not class_name.endswith(self.class_suffixes):
+            return False
+        return self.main_input_names is None or main_input_name is None or main_input_name in self.main_input_names
+
     def check_models(self, student: Any, teacher: Any) -> None:
         """Refuse, before any work, a teacher/student pair whose heads this task cannot distil (both have its head)."""
 
     def check_arguments(self, args: Any) -> None:
         """Refuse (or warn about) distillation settings this task cannot honour; called with the trainer's args."""
+    def check_processor(self, processor: Any, model: Any, option: str) -> None:
+        """Refuse, before any work, a preprocessor (given by the command's `--option`) that does not fit `model`."""
+
+    def layer_mask(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor | None:
+        """`(B, T)`: the positions `model`'s layers see that hold data (for the hidden-state, attention and relation
+        terms); `None`: all of them. The batch's attention mask by default."""
+        return inputs.get("attention_mask")
 
     def logits(self, outputs: Any) -> tuple[torch.Tensor, ...]:
         """The logits the task distils from a model's outputs."""
@@ -217,12 +239,24 @@ def _heads_of(class_name: str | None) -> list[Task]:
     return [t for t in TASKS.values() if class_name and class_name.endswith(t.class_suffixes)]
 
 
-def task_of_class(class_name: str | None, config: Any = None) -> Task | None:
-    """The task whose head a model class name ends with (`BertForTokenClassification` -> token-classification).
+def task_of_class(class_name: str | None, config: Any = None, main_input_name: str | None = None) -> Task | None:
+    """The task whose head a model class has (`BertForTokenClassification` -> token-classification).
 
+    `main_input_name` (the model's, e.g. `input_values`) defaults to the transformers class's of that name, when there
+    is one. A task that names its inputs wins over one that takes any: `Wav2Vec2ForSequenceClassification` is audio.
     Where several tasks share the head (`*ForSequenceClassification`: single-label, regression, multi-label), the
     one for `config`'s problem type (`problem_type_of`); without a `config`, the first registered of them."""
-    heads = _heads_of(class_name)
+    if not class_name:
+        return None
+    if main_input_name is None:
+        import transformers
+
+        try:
+            main_input_name = getattr(getattr(transformers, class_name, None), "main_input_name", None)
+        except (ImportError, RuntimeError):  # a lazily imported class whose backend is missing
+            main_input_name = None
+    found = [t for t in TASKS.values() if t.claims(class_name, main_input_name)]
+    heads = [t for t in found if t.main_input_names is not None] or found
     if config is None or len(heads) < 2:
         return heads[0] if heads else None
     problem = problem_type_of(config)
@@ -230,9 +264,11 @@ def task_of_class(class_name: str | None, config: Any = None) -> Task | None:
 
 
 def detect_task(model: Any) -> Task:
-    """The task of a model, from its class name and, for shared heads, its `config.problem_type`."""
+    """The task of a model, from its class name, its inputs (`Wav2Vec2ForSequenceClassification` ->
+    audio-classification) and, for shared heads, its `config.problem_type`."""
     config = getattr(model, "config", None)
-    task = task_of_class(type(model).__name__, config)
+    main_input_name = getattr(model, "main_input_name", None)
+    task = task_of_class(type(model).__name__, config, main_input_name if isinstance(main_input_name, str) else None)
     if task is not None:
         return task
     shared = _heads_of(type(model).__name__)
