@@ -21,7 +21,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from .artifacts import CONFIG_NAME, DistillationRecord, atomic_write_text, load_distillation_config, training_history
 from .recipes import RECIPES
-from .tasks import task_of_class
+from .tasks import TASKS, task_of_class
 
 __all__ = [
     "CARD_NAME",
@@ -351,7 +351,9 @@ def _history(history: dict[str, list[dict[str, Any]]], max_rows: int = 25) -> st
 
 
 def _usage(load_path: str, on_hub: bool, auto_class: str, has_tokenizer: bool) -> str:
-    tokenizer = f'tokenizer = AutoTokenizer.from_pretrained("{load_path}")\n' if has_tokenizer else ""
+    processor = next((t.processor_class for t in TASKS.values() if t.auto_class == auto_class), "AutoTokenizer")
+    variable = "tokenizer" if processor == "AutoTokenizer" else "image_processor"  # AutoImageProcessor
+    tokenizer = f'{variable} = {processor}.from_pretrained("{load_path}")\n' if has_tokenizer else ""
     config = (
         f'record = load_distillation_config(hf_hub_download("{load_path}", "{CONFIG_NAME}"))'
         if on_hub
@@ -360,7 +362,7 @@ def _usage(load_path: str, on_hub: bool, auto_class: str, has_tokenizer: bool) -
     hub_import = "from huggingface_hub import hf_hub_download\n" if on_hub else ""
     return (
         "## How to use\n\n```python\n"
-        f"from transformers import {auto_class}{', AutoTokenizer' if has_tokenizer else ''}\n\n"
+        f"from transformers import {auto_class}{', ' + processor if has_tokenizer else ''}\n\n"
         f'model = {auto_class}.from_pretrained("{load_path}")\n{tokenizer}```\n\n'
         f"The distillation settings and lineage load as a typed record:\n\n```python\n{hub_import}"
         f"from hf_distill import load_distillation_config\n\n{config}\nprint(record.teacher_model, "

@@ -108,6 +108,7 @@ class DistillationTrainer(Trainer):
             )
         model, teacher_model, self.teacher_name_or_path = _student_and_teacher(model, teacher_model, args)
         self.task = _check_tasks(model, teacher_model)
+        self.task.check_terms(model, teacher_model, args)  # e.g. no attention term for a convolutional network
         self.layer_map = _check_pair(model, teacher_model, args)
         widths = _projection_widths(model, teacher_model, args)  # (student, teacher) when L_hidden needs a W_h
         if widths is not None and (kwargs.get("optimizers") or (None, None))[0] is not None:

@@ -158,7 +158,7 @@ def prepare_run(
 ) -> PreparedRun:
     """Check every input and build teacher, student, data and trainer. Raises on bad input; trains nothing."""
     import transformers
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     if run_args.latency_samples < 0:
         raise ValueError(f"--latency_samples must be >= 0, got {run_args.latency_samples}.")
@@ -171,14 +171,15 @@ def prepare_run(
     revision = {"revision": training_args.teacher_revision} if training_args.teacher_revision else {}
     teacher_remote = {"trust_remote_code": model_args.trust_remote_code or training_args.teacher_trust_remote_code}
     teacher_config = _load("teacher_model_name_or_path", teacher_path, AutoConfig, **teacher_remote, **revision)
-    tokenizer_name = model_args.tokenizer_name or teacher_path
-    tokenizer = _load("tokenizer_name" if model_args.tokenizer_name else "teacher_model_name_or_path",
-                      tokenizer_name, AutoTokenizer, **remote)  # fmt: skip
-    _check_sequence_length(data_args.max_seq_length, tokenizer, teacher_config)
-    _ensure_padding_token(tokenizer)
-
     task, pair = resolve_task(model_args.task, teacher_config)
     auto_class = getattr(transformers, task.auto_class)
+    texts = task.processor_class == "AutoTokenizer"  # else the processor is an image processor (or the like)
+    tokenizer_name = model_args.tokenizer_name or teacher_path
+    tokenizer = _load("tokenizer_name" if model_args.tokenizer_name else "teacher_model_name_or_path",
+                      tokenizer_name, getattr(transformers, task.processor_class), **remote)  # fmt: skip
+    if texts:
+        _check_sequence_length(data_args.max_seq_length, tokenizer, teacher_config)
+        _ensure_padding_token(tokenizer)
 
     def load_teacher_model():
         return _load("teacher_model_name_or_path", teacher_path, auto_class, **teacher_remote, **revision)
@@ -187,21 +188,25 @@ def prepare_run(
     if run_args.augment:
         transfer_set = _TransferSet(run_args, load_teacher_model, tokenizer, training_args, remote)
     data = prepare_task_data(task, pair, data_args, tokenizer, teacher_config, augment=transfer_set)
+    if data.uncacheable and training_args.teacher_cache_dir is not None:
+        raise ValueError(f"--teacher_cache_dir={training_args.teacher_cache_dir!r} stores the teacher's outputs on "
+                         f"fixed training rows, but {data.uncacheable}. Drop one of them.")  # fmt: skip
     metrics = task_metrics(task, teacher_config, data.references)
 
     teacher = transfer_set.teacher if transfer_set else load_teacher_model()
     student = _loaded_student(model_args, teacher, auto_class, remote)
-    _check_vocabulary(tokenizer, teacher, "teacher")
-    if student is not None:
+    if texts:
+        _check_vocabulary(tokenizer, teacher, "teacher")
+    if texts and student is not None:
         _check_vocabulary(tokenizer, student, "student")
-    for model in (teacher, student):  # decoder-only classifiers find the last real token through pad_token_id
+    for model in (teacher, student) if texts else ():  # decoder-only classifiers find the last real token by padding
         if model is not None and getattr(model.config, "pad_token_id", None) is None:
             model.config.pad_token_id = tokenizer.pad_token_id
 
     train, evaluation = data.train, data.evaluation
     # Without a loaded student, --student_num_layers/--student_layers have the trainer build it from the teacher.
     trainer = _trainer(task, student or teacher, teacher, training_args, data, tokenizer, metrics)
-    trainer.augmentation = transfer_set.record if transfer_set else None  # into distillation_config.json
+    trainer.augmentation = transfer_set.record if transfer_set else data.augmentation  # distillation_config.json
     if student is None:
         student = trainer.model
         source = f"built from teacher layers {student.config.distillation_teacher_layers}"
@@ -232,8 +237,8 @@ def prepare_run(
         "num_eval": len(evaluation) if data.references is None else data.references.num_examples,
         **({} if data.references is None else {"num_eval_features": len(evaluation)}),  # QA: windows of long contexts
         **data.columns,
-        "max_seq_length": data_args.max_seq_length,
-        **({"augmentation": transfer_set.record} if transfer_set else {}),
+        **({"max_seq_length": data_args.max_seq_length} if texts else {}),
+        **({"augmentation": trainer.augmentation} if trainer.augmentation else {}),
         "student_source": source,
     }
     return PreparedRun(trainer, teacher, student, tokenizer, evaluation, data.collator, resume_from, metrics,
@@ -348,6 +353,8 @@ def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval
     teacher_params, student_params = count_parameters(run.teacher), count_parameters(run.trainer.model)
     t_latency, s_latency = teacher_eval.latency_ms_batch1, after_eval.latency_ms_batch1
     primary = run.metrics.primary  # higher is better, for every task
+    texts = run.trainer.task.processor_class == "AutoTokenizer"
+    processor_files = "tokenizer files" if texts else "preprocessor_config.json"
     return {
         "title": "Distillation report",
         "notes": notes,
@@ -407,7 +414,7 @@ def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval
         },
         "files": {
             "config.json, model.safetensors": "the distilled student (reload with from_pretrained)",
-            "tokenizer files": "the tokenizer, unchanged",
+            processor_files: "the teacher's processor (tokenizer or image processor), unchanged",
             CONFIG_NAME: "teacher, student, settings, layer map, compression, versions",
             HISTORY_NAME: "per-term training losses, eval metrics, learning rate by step",
             f"{REPORT_JSON}, {REPORT_MD}": "this comparison",

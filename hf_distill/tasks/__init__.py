@@ -7,6 +7,7 @@
 | `question-answering` (extractive) | `*ForQuestionAnswering` | start and end `(B, T)` over real tokens | example |
 | `masked-lm` | `*ForMaskedLM` | `(B, T, V)` at the masked positions (`labels != -100`) | token |
 | `causal-lm` | `*ForCausalLM`, `*LMHeadModel` | next-token `(B, T-1, V)` where the next label is not `-100` | token |
+| `image-classification` | `*ForImageClassification` (ViT, ConvNeXt, ...) on `pixel_values` | `(B, C)` | example |
 
 Token-level terms (cross-entropy and KD) are summed over the distilled tokens of the whole accumulated batch and
 divided by their number, so a long sequence weighs as much per token as a short one and padding changes nothing;
@@ -32,11 +33,13 @@ from .token_classification import TOKEN_CLASSIFICATION
 from .question_answering import QUESTION_ANSWERING
 from .masked_lm import MASKED_LM
 from .causal_lm import CAUSAL_LM
+from .image_classification import IMAGE_CLASSIFICATION
 
 # isort: on
 
 __all__ = [
     "CAUSAL_LM",
+    "IMAGE_CLASSIFICATION",
     "MASKED_LM",
     "QUESTION_ANSWERING",
     "SEQUENCE_CLASSIFICATION",

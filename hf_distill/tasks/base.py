@@ -43,6 +43,8 @@ class Task:
         needs_fast_tokenizer (`bool`): its data preparation maps words or answers to tokens through offsets.
         augments_text (`bool`): `hf-distill --augment` can add sentence variants to its training set.
         command_names (`tuple[str, ...]`): the `--task` values that run it (the first is `name`).
+        processor_class (`str`): the transformers Auto class of the inputs' processor, which the command loads from
+            the teacher and saves with the student (`AutoTokenizer`; `AutoImageProcessor` for images).
     """
 
     name: ClassVar[str]
@@ -58,6 +60,7 @@ class Task:
     fuses_lm_head: ClassVar[bool] = False
     needs_fast_tokenizer: ClassVar[bool] = False
     augments_text: ClassVar[bool] = False
+    processor_class: ClassVar[str] = "AutoTokenizer"
 
     @property
     def command_names(self) -> tuple[str, ...]:
@@ -80,6 +83,10 @@ class Task:
 
     def check_models(self, student: Any, teacher: Any) -> None:
         """Refuse, before any work, a teacher/student pair whose heads this task cannot distil (both have its head)."""
+
+    def check_terms(self, student: Any, teacher: Any, args: Any) -> None:
+        """Refuse, before any work, loss terms (`args`: `DistillationArguments`) the two models cannot provide (e.g.
+        attention maps of a convolutional network). By default every term is left to the trainer's own checks."""
 
     def logits(self, outputs: Any) -> tuple[torch.Tensor, ...]:
         """The logits the task distils from a model's outputs."""
