@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 _IMAGE_COLUMN_GUESSES = ("image", "img", "image_path", "path", "file_name", "filename")
 # ViT-style models with a fixed table of patch positions: another image size fails in their forward
 _FIXED_SIZE_MODEL_TYPES = ("vit", "deit", "vit_msn", "beit", "data2vec-vision")
+_WHAT = "the image processor ({}, from --tokenizer_name or else --teacher_model_name_or_path)"
 
 
 # ---- augmentations (training split only) ---------------------------------------------------------------------------
@@ -168,7 +169,7 @@ def _mode(config) -> str | None:
 
 def _check_processed(shape: tuple[int, ...], processor, config) -> None:
     """Refuse pixel values the teacher cannot read: other channels, or another size for a fixed-size ViT."""
-    what = f"the image processor ({type(processor).__name__}, from --tokenizer_name or the teacher's folder)"
+    what = _WHAT.format(type(processor).__name__)
     channels, height, width = shape
     expected = getattr(config, "num_channels", None)
     if expected is not None and channels != expected:
@@ -197,7 +198,14 @@ def _pixel_values(dataset: Dataset, column: str, labels: list[int], processor, c
     def convert(images: list) -> list:
         return [image.convert(mode) if mode and image.mode != mode else image for image in images]
 
-    first = processor(images=convert([dataset[0][column]]), return_tensors="np")["pixel_values"][0]
+    try:
+        first = processor(images=convert([dataset[0][column]]), return_tensors="np")["pixel_values"][0]
+    except (ValueError, TypeError) as error:  # e.g. 1-channel mean/std for the 3-channel images the teacher reads
+        raise ValueError(
+            f"{_WHAT.format(type(processor).__name__)} fails on the first {split} image, made {mode or 'as stored'} "
+            f"for the teacher's num_channels={getattr(config, 'num_channels', None)} ({error}): it is not the "
+            "teacher's processor. Save the teacher's image processor beside it, or pass it with --tokenizer_name."
+        ) from error
     _check_processed(tuple(first.shape), processor, config)
     features = Features({"pixel_values": Array3D(shape=tuple(first.shape), dtype="float32")})
 
@@ -229,9 +237,10 @@ def image_classification_data(splits: dict[str, Dataset], args, processor, confi
     checked = {}
     for split, dataset in splits.items():
         column = _image_column(args, dataset, split)
+        dataset = _as_images(dataset, column, args, split)
         label, labels = _label_ids(dataset, args, config, split)
         dataset, labels = _limited(dataset, labels, args, split)
-        checked[split] = (_as_images(dataset, column, args, split), column, labels)
+        checked[split] = (dataset, column, labels)
     processed = {split: _pixel_values(d, column, labels, processor, config, split)
                  for split, (d, column, labels) in checked.items()}  # fmt: skip
     train, augmentation = processed["train"], None
