@@ -178,3 +178,18 @@ def test_bad_input_is_refused_before_training(digits, tmp_path, capsys, case, ex
     code, err = run_cli(options(digits, tmp_path / "o", **overrides), capsys)
     assert code == 2 and expected in err, err
     assert not (tmp_path / "o" / "report.json").exists()
+
+
+def test_resume_with_the_teacher_cache(digits, tmp_path, capsys):
+    """A run stopped at step 2 resumes to step 4 from its checkpoint; the teacher's logits come from the cache."""
+    cache = tmp_path / "cache"
+    common = dict(gamma=0.0, teacher_cache_dir=cache, save_steps=2, eval_strategy="no", logging_steps=1)
+    code, err = run_cli(options(digits, tmp_path / "o", max_steps=2, **common), capsys)
+    assert code == 0, err
+    assert len(list(cache.iterdir())) == 1  # one cached table, for this teacher and these images
+    code, err = run_cli(options(digits, tmp_path / "o", max_steps=4, **common), capsys)
+    assert code == 0, err
+    report = json.loads((tmp_path / "o" / "report.json").read_text())
+    assert report["training"]["resumed_from"].endswith("checkpoint-2") and report["training"]["global_step"] == 4
+    assert [e["step"] for e in load_training_history(tmp_path / "o")["train"]] == [1, 2, 3, 4]
+    assert len(list(cache.iterdir())) == 1
