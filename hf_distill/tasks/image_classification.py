@@ -82,7 +82,7 @@ class ImageClassification(Task):
             if problem:
                 settings = ", ".join(f"{n}={v}" for n, v in wanted)
                 raise ValueError(
-                    f"{settings} compares the models' layers, but the {who}, a {type(model).__name__}, {problem}. Set "
+                    f"the {who}, a {type(model).__name__}, {problem}. {settings} compares the models' layers: set "
                     f"{' and '.join(f'{n}=0' for n, _ in wanted)} to distil its logits (loss_ce, loss_kd)."
                 )
 
