@@ -346,7 +346,7 @@ def _history(history: dict[str, list[dict[str, Any]]], max_rows: int = 25) -> st
 def _usage(
     load_path: str, on_hub: bool, auto_class: str, has_tokenizer: bool, processor: str = "AutoTokenizer"
 ) -> str:
-    variable = "tokenizer" if processor == "AutoTokenizer" else "feature_extractor"
+    variable = {"AutoTokenizer": "tokenizer", "AutoImageProcessor": "image_processor"}.get(processor, "feature_extractor")
     tokenizer = f'{variable} = {processor}.from_pretrained("{load_path}")\n' if has_tokenizer else ""
     config = (
         f'record = load_distillation_config(hf_hub_download("{load_path}", "{CONFIG_NAME}"))'

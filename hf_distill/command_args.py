@@ -31,8 +31,10 @@ class ModelArguments:
         default=None, metadata={"help": "A ready student (path or Hub id). Or build one with --student_num_layers."}
     )
     tokenizer_name: str | None = field(
-        default=None, metadata={"help": "Tokenizer path or Hub id; defaults to the teacher's."}
-    )
+        default=None,
+        metadata={"help": "Tokenizer (audio: feature extractor; images: image processor) path or Hub id; defaults to "
+                  "the teacher's."},
+    )  # fmt: skip
     task: str | None = field(
         default=None,
         metadata={"help": f"The task: {', '.join(TASK_CHOICES)} (sequence classification of text pairs). Default: "

@@ -63,6 +63,23 @@ class DataArguments:
     max_audio_seconds: float | None = field(
         default=None, metadata={"help": "Audio classification: clips longer than this many seconds are cut."}
     )
+    image_column: str | None = field(
+        default=None,
+        metadata={"help": "Image classification: the column of images, a datasets Image feature or file paths "
+                  "(relative to the data file's folder). Default: 'image', 'img', 'image_path', 'path', 'file_name' "
+                  "or 'filename', whichever exists."},
+    )  # fmt: skip
+    random_resized_crop: bool = field(
+        default=False,
+        metadata={"help": "Image classification: augment training images with a random resized crop (area fraction "
+                  "in [--crop_min_scale, 1], aspect 3/4..4/3, resized back), afresh each epoch. Off by default."},
+    )  # fmt: skip
+    crop_min_scale: float = field(
+        default=0.08, metadata={"help": "--random_resized_crop: the smallest fraction of the image area kept."}
+    )
+    horizontal_flip: bool = field(
+        default=False, metadata={"help": "Image classification: flip training images left-right, half of the time."}
+    )
     max_seq_length: int = field(
         default=128, metadata={"help": "Longer inputs are truncated to this many tokens; padding is per batch."}
     )
@@ -118,6 +135,8 @@ class DataArguments:
             raise ValueError(
                 f"--doc_stride must be >= 0 (tokens shared by consecutive windows), got {self.doc_stride}."
             )
+        if not 0 < self.crop_min_scale <= 1:
+            raise ValueError(f"--crop_min_scale={self.crop_min_scale} must be in (0, 1]: a fraction of the area.")
         if self.max_audio_seconds is not None and not self.max_audio_seconds > 0:
             raise ValueError(f"--max_audio_seconds must be > 0, got {self.max_audio_seconds}.")
         for name in ("max_seq_length", "max_target_length", "max_train_samples", "max_eval_samples"):

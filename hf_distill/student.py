@@ -73,6 +73,13 @@ def build_student(
     [1, 3, 5, 7, 9, 11]
     """
     teacher_layers = find_layers(teacher)  # raises for an unknown architecture
+    depths = getattr(teacher.config, "depths", None)
+    if isinstance(depths, (list, tuple)):  # Swin's `encoder.layers` are stages, not equal layers
+        raise ValueError(
+            f"{type(teacher).__name__} is hierarchical: its stages (config.depths={list(depths)}) differ in width and "
+            "resolution, so a student cannot be made of some of them. Build a smaller student yourself (e.g. fewer "
+            "blocks per stage in config.depths) and pass it as the model."
+        )
     layers = _check_layers(num_layers, layers, len(teacher_layers))
     stacks = [(teacher_layers, layers, _LAYER_COUNT_ATTRIBUTES)]
     teacher_decoder = _decoder_stack(teacher, teacher_layers)

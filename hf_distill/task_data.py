@@ -12,6 +12,7 @@ task, loads the splits, runs the checks every task shares and holds the helpers 
 | `masked-lm` | `sentence`/`text` | `DataCollatorForLanguageModeling`; the evaluation set masked once |
 | `causal-lm` | `sentence`/`text` | `DataCollatorForLanguageModeling(mlm=False)` |
 | `audio-classification` | `audio`/`file`/`path` (WAV paths or an `Audio` feature), `label` | `audio.AudioCollator` |
+| `image-classification` | `image` (`Image` feature or file paths), `label` | `default_data_collator` |
 
 Every check (columns, labels, answer spans) reads the whole files before any model is loaded.
 """
@@ -69,6 +70,8 @@ class TaskData:
     collator: Callable
     columns: dict[str, str | None]  # text_column, text_pair_column, label_column as used
     references: QAReferences | None = None
+    augmentation: dict | None = None  # how the training split is augmented as it is read (images), for the record
+    uncacheable: str | None = None  # why the teacher's outputs on the training split cannot be cached, if they cannot
 
 
 def prepare_task_data(

@@ -11,6 +11,7 @@
 | `multiple-choice` | `accuracy` (the chosen ending) | `accuracy` below |
 | `regression` | `pearson`, `spearman`, `mse` | below (numpy; no scipy needed) |
 | `multi-label-classification` | `micro_f1`, `macro_f1`, `exact_match` (logit > 0, i.e. probability > 0.5) | below |
+| `image-classification` | `accuracy`, `top5_accuracy` (when there are more than 5 classes) | below |
 
 Every metric is a fraction in `[0, 1]` (SQuAD's script prints the same numbers times 100), except perplexity
 (`exp` of the mean cross-entropy over the scored tokens, lower is better), Pearson and Spearman (in `[-1, 1]`) and the
@@ -57,6 +58,7 @@ __all__ = [
     "squad_exact_match",
     "squad_f1",
     "task_metrics",
+    "top_k_accuracy",
 ]
 
 logger = logging.getLogger(__name__)
@@ -88,6 +90,15 @@ def binary_f1(predictions: Sequence[int], references: Sequence[int], pos_label: 
     false_neg = int(((predictions != pos_label) & (references == pos_label)).sum())
     denominator = 2 * true_pos + false_pos + false_neg
     return 2 * true_pos / denominator if denominator else 0.0
+
+
+def top_k_accuracy(top_predictions: Any, references: Sequence[int]) -> float:
+    """Fraction of references among their row's predicted classes (`top_predictions`: `(N, k)`, best first)."""
+    top_predictions, references = np.asarray(top_predictions), np.asarray(references)
+    if top_predictions.ndim != 2 or len(top_predictions) != len(references) or references.size == 0:
+        raise ValueError(f"need (N, k) top predictions for N > 0 references, got shapes {top_predictions.shape} "
+                         f"and {references.shape}.")  # fmt: skip
+    return float((top_predictions == references[:, None]).any(axis=1).mean())
 
 
 def _hub_metric(name: str):

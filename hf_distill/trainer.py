@@ -107,6 +107,7 @@ class DistillationTrainer(Trainer):
         self._terms, self._needs = terms.active_terms(args.setting), terms.needs_of(args.setting)
         self.task = _check_tasks(model, teacher_model)
         self.task.check_arguments(args)  # settings the task cannot honour (e.g. a temperature for regression)
+        self.task.check_terms(model, teacher_model, args)  # e.g. no attention term for a convolutional network
         checks.check_models(model, teacher_model, kwargs.get("processing_class"))  # labels, vocabulary, tokenizer
         self.layer_map = _check_pair(model, teacher_model, args, self._needs)
         widths = _projection_widths(model, teacher_model, args, self._needs)  # (student, teacher) when W_h is needed

@@ -156,7 +156,7 @@ def prepare_run(
 ) -> PreparedRun:
     """Check every input and build teacher, student, data and trainer. Raises on bad input; trains nothing."""
     import transformers
-    from transformers import AutoConfig, AutoTokenizer
+    from transformers import AutoConfig
 
     if run_args.latency_samples < 0:
         raise ValueError(f"--latency_samples must be >= 0, got {run_args.latency_samples}.")
@@ -191,6 +191,9 @@ def prepare_run(
     if run_args.augment:
         transfer_set = _TransferSet(run_args, load_teacher_model, tokenizer, training_args, remote)
     data = prepare_task_data(task, pair, data_args, tokenizer, teacher_config, augment=transfer_set)
+    if data.uncacheable and training_args.teacher_cache_dir is not None:
+        raise ValueError(f"--teacher_cache_dir={training_args.teacher_cache_dir!r} stores the teacher's outputs on "
+                         f"fixed training rows, but {data.uncacheable}. Drop one of them.")  # fmt: skip
     metrics = task_metrics(task, teacher_config, data.references)
     metrics.tokenizer, metrics.max_target_length = tokenizer, data_args.max_target_length  # seq2seq generates
 
@@ -212,7 +215,7 @@ def prepare_run(
     # Without a loaded student, --student_num_layers/--student_layers have the trainer build it from the teacher.
     trainer_class, training_args = task.command_trainer(training_args, data_args)  # seq2seq: generation
     trainer = _trainer(trainer_class, task, student or teacher, teacher, training_args, data, tokenizer, metrics)
-    trainer.augmentation = transfer_set.record if transfer_set else None  # into distillation_config.json
+    trainer.augmentation = transfer_set.record if transfer_set else data.augmentation  # distillation_config.json
     if student is None:
         student = trainer.model
         source = f"built from teacher layers {student.config.distillation_teacher_layers}"
@@ -238,7 +241,7 @@ def prepare_run(
         **({} if data.references is None else {"num_eval_features": len(evaluation)}),  # QA: windows of long contexts
         **data.columns,
         **({"max_seq_length": data_args.max_seq_length} if task.reads_text else {}),
-        **({"augmentation": transfer_set.record} if transfer_set else {}),
+        **({"augmentation": trainer.augmentation} if trainer.augmentation else {}),
         "student_source": source,
     }
     return PreparedRun(trainer, teacher, student, tokenizer, evaluation, data.collator, resume_from, metrics,
@@ -357,6 +360,8 @@ def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval
     teacher_params, student_params = count_parameters(run.teacher), count_parameters(run.trainer.model)
     t_latency, s_latency = teacher_eval.latency_ms_batch1, after_eval.latency_ms_batch1
     primary = run.metrics.primary  # higher is better, for every task
+    texts = run.trainer.task.reads_text
+    processor_files = "tokenizer files" if texts else "preprocessor_config.json"
     return {
         "title": "Distillation report",
         "notes": notes,
@@ -416,7 +421,7 @@ def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval
         },
         "files": {
             "config.json, model.safetensors": "the distilled student (reload with from_pretrained)",
-            "tokenizer files": "the tokenizer (audio: the feature extractor), unchanged",
+            processor_files: "the teacher's processor (tokenizer, feature extractor or image processor), unchanged",
             CONFIG_NAME: "teacher, student, settings, layer map, compression, versions",
             HISTORY_NAME: "per-term training losses, eval metrics, learning rate by step",
             f"{REPORT_JSON}, {REPORT_MD}": "this comparison",

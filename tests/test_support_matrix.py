@@ -44,6 +44,9 @@ BART = dict(
     encoder_ffn_dim=64, decoder_ffn_dim=64, max_position_embeddings=40, bos_token_id=1, eos_token_id=2, **TEXT,
 )  # fmt: skip
 
+VISION = dict(image_size=16, patch_size=4, num_channels=3, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+              intermediate_size=64, num_labels=2)  # fmt: skip
+
 # name -> (model class, config class, config kwargs, input kind)
 ARCHITECTURES = {
     "BERT": (tf.BertForSequenceClassification, tf.BertConfig, BERT, "text"),
@@ -74,6 +77,13 @@ ARCHITECTURES = {
     "BART": (tf.BartForSequenceClassification, tf.BartConfig, BART, "text"),
     "wav2vec2": (tf.Wav2Vec2ForSequenceClassification, tf.Wav2Vec2Config, WAV2VEC2, "audio"),
     "Whisper encoder": (tf.WhisperForAudioClassification, tf.WhisperConfig, WHISPER, "mel"),
+    "ViT": (tf.ViTForImageClassification, tf.ViTConfig, VISION, "image"),
+    "DeiT": (tf.DeiTForImageClassification, tf.DeiTConfig, VISION, "image"),
+    "ConvNeXt": (tf.ConvNextForImageClassification, tf.ConvNextConfig,
+                 dict(hidden_sizes=[8, 16], depths=[1, 1], num_stages=2, num_labels=2), "image"),
+    "Swin": (tf.SwinForImageClassification, tf.SwinConfig,
+             dict(image_size=16, patch_size=2, embed_dim=8, depths=[1, 1], num_heads=[2, 2], window_size=4,
+                  num_labels=2), "image"),
 }  # fmt: skip
 TERMS = {
     "logits": dict(alpha=0.5, beta=0.5, gamma=0.0),
@@ -96,6 +106,8 @@ def _batch(kind: str) -> dict[str, torch.Tensor]:
         labels = input_ids.masked_fill(attention_mask == 0, -100) if kind == "lm" else torch.tensor([0, 1])
         return {"input_ids": input_ids, "attention_mask": attention_mask, "labels": labels}
     generator = torch.Generator().manual_seed(0)
+    if kind == "image":
+        return {"pixel_values": torch.randn(2, 3, 16, 16, generator=generator), "labels": torch.tensor([0, 1])}
     if kind == "audio":
         attention_mask = torch.ones(2, 400, dtype=torch.long)
         attention_mask[1, 250:] = 0

@@ -12,6 +12,7 @@
 | `regression` | `*ForSequenceClassification` (`problem_type="regression"`) | `(B, 1)`, squared errors | example |
 | `multi-label-classification` | same (`"multi_label_classification"`) | `(B, L)`, a sigmoid per label | example |
 | `audio-classification` | `*ForAudioClassification`; wav2vec2's `*ForSequenceClassification` | `(B, C)` | example |
+| `image-classification` | `*ForImageClassification` (ViT, ConvNeXt, ...) on `pixel_values` | `(B, C)` | example |
 
 Token-level terms (cross-entropy and KD) are summed over the distilled tokens of the whole accumulated batch and
 divided by their number, so a long sequence weighs as much per token as a short one and padding changes nothing;
@@ -42,12 +43,14 @@ from .multiple_choice import MULTIPLE_CHOICE
 from .regression import REGRESSION
 from .multi_label import MULTI_LABEL_CLASSIFICATION
 from .audio_classification import AUDIO_CLASSIFICATION
+from .image_classification import IMAGE_CLASSIFICATION
 
 # isort: on
 
 __all__ = [
     "AUDIO_CLASSIFICATION",
     "CAUSAL_LM",
+    "IMAGE_CLASSIFICATION",
     "MASKED_LM",
     "MULTIPLE_CHOICE",
     "MULTI_LABEL_CLASSIFICATION",

@@ -58,7 +58,7 @@ class Task:
             `None`: any. A task that names them wins detection over one that does not (so a wav2vec2
             `*ForSequenceClassification`, which reads `input_values`, is audio classification, not text).
         processor_auto_class (`str`): the transformers Auto class of the preprocessor the command loads
-            (`AutoTokenizer`, `AutoFeatureExtractor`).
+            (`AutoTokenizer`, `AutoFeatureExtractor`, `AutoImageProcessor`).
         reads_text (`bool`): its inputs are token ids from a tokenizer (the command's vocabulary and length checks).
     """
 
@@ -110,6 +110,7 @@ class Task:
 
     def check_arguments(self, args: Any) -> None:
         """Refuse (or warn about) distillation settings this task cannot honour; called with the trainer's args."""
+
     def check_processor(self, processor: Any, model: Any, option: str) -> None:
         """Refuse, before any work, a preprocessor (given by the command's `--option`) that does not fit `model`."""
 
@@ -117,6 +118,10 @@ class Task:
         """`(B, T)`: the positions `model`'s layers see that hold data (for the hidden-state, attention and relation
         terms); `None`: all of them. The batch's attention mask by default."""
         return inputs.get("attention_mask")
+
+    def check_terms(self, student: Any, teacher: Any, args: Any) -> None:
+        """Refuse, before any work, loss terms (`args`: `DistillationArguments`) the two models cannot provide (e.g.
+        attention maps of a convolutional network). By default every term is left to the trainer's own checks."""
 
     def logits(self, outputs: Any) -> tuple[torch.Tensor, ...]:
         """The logits the task distils from a model's outputs."""
