@@ -165,6 +165,6 @@ def test_refused_term_names_its_settings_and_the_command_turns_them_into_flags(t
         train = evaluation = collator = preprocess = None
 
     with pytest.raises(DistillationSettingError) as info:
-        _trainer(SEQUENCE_CLASSIFICATION, mpnet(1), mpnet(2), args, Data(), None, metrics=Data())
+        _trainer(DistillationTrainer, SEQUENCE_CLASSIFICATION, mpnet(1), mpnet(2), args, Data(), None, metrics=Data())
     message = str(info.value)
     assert "On the command line add --gamma 0 (" in message and "--relation_weight" not in message  # only what is on
