@@ -346,7 +346,8 @@ def _history(history: dict[str, list[dict[str, Any]]], max_rows: int = 25) -> st
 def _usage(
     load_path: str, on_hub: bool, auto_class: str, has_tokenizer: bool, processor: str = "AutoTokenizer"
 ) -> str:
-    variable = {"AutoTokenizer": "tokenizer", "AutoImageProcessor": "image_processor"}.get(processor, "feature_extractor")
+    variables = {"AutoTokenizer": "tokenizer", "AutoImageProcessor": "image_processor"}
+    variable = variables.get(processor, "feature_extractor")
     tokenizer = f'{variable} = {processor}.from_pretrained("{load_path}")\n' if has_tokenizer else ""
     config = (
         f'record = load_distillation_config(hf_hub_download("{load_path}", "{CONFIG_NAME}"))'

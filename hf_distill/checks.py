@@ -190,8 +190,9 @@ def _position_limit(model: nn.Module) -> tuple[int | None, bool]:
 def _label_bound(model: nn.Module) -> tuple[str, int] | None:
     """(`name`, n): labels must lie in 0..n-1 (or be -100), for the heads whose labels are class indices."""
     config, name = getattr(model, "config", None), type(model).__name__
-    if name.endswith(("ForSequenceClassification", "ForTokenClassification", "ForAudioClassification",
-                      "ForImageClassification")):
+    if name.endswith(
+        ("ForSequenceClassification", "ForTokenClassification", "ForAudioClassification", "ForImageClassification")
+    ):
         num_labels = getattr(config, "num_labels", None)
         if getattr(config, "problem_type", None) in ("regression", "multi_label_classification") or not num_labels:
             return None

@@ -173,7 +173,7 @@ def prepare_run(
     auto_class = getattr(transformers, task.auto_class)
     tokenizer_name = model_args.tokenizer_name or teacher_path
     processor_option = "tokenizer_name" if model_args.tokenizer_name else "teacher_model_name_or_path"
-    processor_class = AutoTokenizer if task.reads_text else getattr(transformers, task.processor_auto_class)
+    processor_class = getattr(transformers, task.processor_auto_class)  # AutoTokenizer for text
     tokenizer = _load(processor_option, tokenizer_name, processor_class, **remote)  # or a feature extractor
     if task.reads_text:
         _check_sequence_length(data_args.max_seq_length, tokenizer, teacher_config)

@@ -131,6 +131,7 @@ class Task:
         """The batch as both models read it (unchanged by default; seq2seq adds the decoder inputs of teacher
         forcing when the collator did not). `model` is the unwrapped student."""
         return inputs
+
     def layer_attention_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
         """The `(N, T)` mask of the sequences the model's layers run on (`N = B`, or `B * choices` for multiple
         choice), for the attention, hidden-state and relation terms."""
