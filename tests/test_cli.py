@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from hf_distill import load_distillation_config, load_training_history
-from hf_distill.cli import main, parse_args
+from hf_distill.command.cli import main, parse_args
 from hf_distill.data import _read_file
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"

@@ -21,7 +21,7 @@ import sys
 import time
 from pathlib import Path
 
-from .artifacts import atomic_write_text
+from ..artifacts import atomic_write_text
 
 __all__ = ["main", "synthetic_reviews"]
 
@@ -139,7 +139,7 @@ def _fine_tuned_teacher(train_file: Path, args, data_key: str) -> Path:
         TrainingArguments,
     )
 
-    from .data import DataArguments, encode_labels, load_split, tokenize
+    from ..data import DataArguments, encode_labels, load_split, tokenize
 
     recipe = {**_TEACHER_RECIPE, "data": data_key, "train_examples": args.train_examples}
     folder = Path(args.cache_dir).expanduser() / f"teacher-{data_key}-{args.train_examples}"
@@ -224,9 +224,9 @@ def main(argv: list[str] | None = None) -> int:
     import torch
     from transformers import AutoModelForSequenceClassification
 
-    from .args import DistillationArguments
+    from ..args import DistillationArguments
+    from ..data import DataArguments
     from .command_args import ModelArguments, RunArguments
-    from .data import DataArguments
     from .report import render_markdown
     from .workflow import execute_run, prepare_run
 

@@ -16,22 +16,22 @@ from typing import Any
 
 from torch import nn
 
-from .args import DistillationArguments
-from .artifacts import CONFIG_NAME, HISTORY_NAME, training_history
-from .augment import augment_dataset, embedding_neighbours
-from .checks import check_same_labels, check_tokenizer_fits
+from ..args import DistillationArguments
+from ..artifacts import CONFIG_NAME, HISTORY_NAME, training_history
+from ..augment import augment_dataset, embedding_neighbours
+from ..checks import check_same_labels, check_tokenizer_fits
+from ..data import DataArguments
+from ..errors import DistillationSettingError
+from ..modeling import count_layers, count_parameters
+from ..task_data import TaskData, prepare_task_data, resolve_task
+from ..task_metrics import TaskMetrics, task_metrics
+from ..tasks import Task
+from ..trainer import DistillationTrainer
 from .command_args import ModelArguments, RunArguments
-from .data import DataArguments
-from .errors import DistillationSettingError
 from .evaluation import evaluate_model
-from .modeling import count_layers, count_parameters
 from .output_dir import check_output_dir, check_resumable, remove_checkpoints
 from .plots import PLOT_NAME, plot_training_curves
 from .report import REPORT_JSON, REPORT_MD, compare, speedup, write_report
-from .task_data import TaskData, prepare_task_data, resolve_task
-from .task_metrics import TaskMetrics, task_metrics
-from .tasks import Task
-from .trainer import DistillationTrainer
 
 __all__ = ["PreparedRun", "execute_run", "prepare_run"]
 
