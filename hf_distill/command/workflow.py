@@ -23,6 +23,7 @@ from ..checks import check_same_labels, check_tokenizer_fits
 from ..data import DataArguments
 from ..errors import DistillationSettingError
 from ..modeling import count_layers, count_parameters
+from ..results import RESULTS_NAME, DistillationResults, write_results
 from ..task_data import TaskData, prepare_task_data, resolve_task
 from ..task_metrics import TaskMetrics, task_metrics
 from ..tasks import Task
@@ -333,9 +334,23 @@ def execute_run(run: PreparedRun, notes: list[str] | None = None) -> dict[str, A
             logger.warning("No %s: %s", PLOT_NAME, reason)
             report["files"][PLOT_NAME] = f"not written: {reason}"
         write_report(output_dir, report)
-        trainer.create_model_card()  # again, now with the report's results and speed-up
+        write_results(output_dir, _card_results(report))
+        trainer.create_model_card()  # again, now with the measured results and speed-up
         logger.info("Wrote the student, %s and %s to %s", REPORT_JSON, REPORT_MD, os.path.abspath(output_dir))
     return report
+
+
+def _card_results(report: dict[str, Any]) -> DistillationResults:
+    """What the model card shows of the report, in the library's layout (`distillation_results.json`)."""
+    evaluation, speed = report["evaluation"], report["speed"]
+    return DistillationResults(
+        metric=report["metric"],
+        teacher=evaluation["teacher"]["metrics"],
+        student_before=evaluation["student_before"]["metrics"],
+        student_after=evaluation["student_after"]["metrics"],
+        speedup=speed["latency_speedup"],
+        latency={key: speed[key] for key in ("device", "batch_size", "latency_samples")},
+    )
 
 
 def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval, notes) -> dict[str, Any]:
@@ -406,6 +421,7 @@ def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval
             CONFIG_NAME: "teacher, student, settings, layer map, compression, versions",
             HISTORY_NAME: "per-term training losses, eval metrics, learning rate by step",
             f"{REPORT_JSON}, {REPORT_MD}": "this comparison",
+            RESULTS_NAME: "the measured results the model card shows",
             PLOT_NAME: f"total loss, loss terms, eval {primary}, learning rate",
         },
     }
