@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ._version import __version__
 from .terms import loss_formula
 
 __all__ = [
@@ -111,8 +112,6 @@ def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape a run's numbers."""
     import torch
     import transformers
-
-    from . import __version__
 
     return {
         "hf_distill": __version__,
