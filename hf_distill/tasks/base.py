@@ -4,7 +4,7 @@ A task knows its head (model class suffixes, Auto class, Hub pipeline tag), whic
 loss units (examples or tokens), its output terms (CE and KD), its evaluation metrics, its data for the `hf-distill`
 command, whether its teacher outputs can be cached, and how to check a teacher against a student. The trainer, the
 teacher cache, the metrics and the command ask the task; none of them names one. A new task is a module defining a
-`Task` subclass and calling `register_task` on an instance (see docs/architecture_tasks.md).
+`Task` subclass and calling `register_task` on an instance (see docs/architecture.md, "Adding a task").
 """
 
 from __future__ import annotations
