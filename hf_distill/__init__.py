@@ -1,7 +1,6 @@
 """hf-distill: knowledge distillation as a drop-in replacement for the Hugging Face `Trainer`."""
 
-__version__ = "0.1.0"
-
+from ._version import __version__  # noqa: F401 (hf_distill.__version__)
 from .args import DistillationArguments
 from .artifacts import DistillationRecord, load_distillation_config, load_training_history
 from .augment import augment_dataset, augment_texts, embedding_neighbours

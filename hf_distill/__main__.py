@@ -1,5 +1,5 @@
-"""`python -m hf_distill ...` runs the `hf-distill` command."""
+"""`python -m hf_distill ...` runs the `hf-distill` command (the library itself never imports `hf_distill.command`)."""
 
-from .cli import main
+from .command.cli import main
 
 raise SystemExit(main())

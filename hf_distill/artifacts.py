@@ -18,6 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
 
+from ._version import __version__
+
 __all__ = [
     "CONFIG_NAME",
     "HISTORY_NAME",
@@ -119,8 +121,6 @@ def library_versions() -> dict[str, str]:
     """Versions of the libraries that shape a run's numbers."""
     import torch
     import transformers
-
-    from . import __version__
 
     return {
         "hf_distill": __version__,

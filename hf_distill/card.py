@@ -3,12 +3,12 @@
 `DistillationTrainer` writes `README.md` next to the weights on every save (final output and checkpoints) and
 rewrites it in `create_model_card`, which `push_to_hub` calls before uploading the output folder. Every value in
 the card comes from the run: the `DistillationRecord` (`distillation_config.json`), the trainer state (evaluation
-metrics, history), the training arguments and, when the folder holds one, `report.json` (see `load_report`).
+metrics, history), the training arguments and, when the folder holds them, the measured results
+(`distillation_results.json`, a layout the library defines in `hf_distill.results`).
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from dataclasses import dataclass
@@ -22,6 +22,7 @@ from huggingface_hub.utils import validate_repo_id
 from .artifacts import CONFIG_NAME, DistillationRecord, atomic_write_text, load_distillation_config, training_history
 from .engines import mixed_precision_of
 from .recipes import RECIPES
+from .results import LEGACY_REPORT_NAME, DistillationResults, load_results
 from .tasks import TASKS, task_of_class
 from .terms import registered_terms
 
@@ -39,7 +40,7 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 CARD_NAME = "README.md"
-REPORT_NAME = "report.json"
+REPORT_NAME = LEGACY_REPORT_NAME  # older folders' results; new ones hold `hf_distill.results.RESULTS_NAME`
 CARD_TAGS = ("hf-distill", "knowledge-distillation", "distillation")
 _REPORT_ROWS = (
     ("teacher", "Teacher"),
@@ -124,37 +125,12 @@ def _lineage_step(model: str, record: DistillationRecord) -> dict[str, Any]:
 
 
 def load_report(directory: str | os.PathLike) -> dict[str, Any]:
-    """Read `report.json` (written by the `hf-distill` command) from `directory`; `{}` if absent or unreadable.
+    """The results saved in `directory` as a dict of `DistillationResults` keys; `{}` if absent or unreadable.
 
-    Keys read by the card, each optional: `teacher`, `student_before`, `student_after` (dicts of metric name to
-    number, e.g. `{"accuracy": 0.91}`; an `eval_` prefix is dropped), `speedup` (teacher latency divided by student
-    latency, a number) and `latency` (a flat dict describing the measurement, e.g. batch size and device).
+    Kept for callers of earlier versions; `hf_distill.results.load_results` returns the typed results.
     """
-    file = Path(directory) / REPORT_NAME
-    if not file.is_file():
-        return {}
-    try:
-        report = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as error:
-        logger.warning("Ignoring %s for the model card: %s", file, error)
-        return {}
-    if not isinstance(report, dict):
-        logger.warning("Ignoring %s for the model card: expected a JSON object, got %s.", file, type(report).__name__)
-        return {}
-    return _flatten_command_report(report)
-
-
-def _flatten_command_report(report: dict[str, Any]) -> dict[str, Any]:
-    """The `hf-distill` command's `report.json` (`evaluation.<model>.metrics`, `speed`) in the flat keys above."""
-    evaluation, speed = report.get("evaluation"), report.get("speed")
-    if not isinstance(evaluation, dict):
-        return report
-    flat = {key: (evaluation.get(key) or {}).get("metrics") for key, _ in _REPORT_ROWS if key in evaluation}
-    flat["metric"] = report.get("metric")
-    if isinstance(speed, dict):
-        flat["speedup"] = speed.get("latency_speedup")
-        flat["latency"] = {k: speed.get(k) for k in ("device", "batch_size", "latency_samples") if k in speed}
-    return {**report, **{k: v for k, v in flat.items() if v is not None}}
+    results = load_results(directory)
+    return {} if results is None else results.to_dict()
 
 
 def _number(value: Any) -> float | None:
@@ -374,6 +350,7 @@ def build_model_card(
     eval_metrics: dict[str, float] | None = None,
     history: dict[str, list[dict[str, Any]]] | None = None,
     report: dict[str, Any] | None = None,
+    results: DistillationResults | None = None,
     hyperparameters: dict[str, Any] | None = None,
     datasets: list[CardDataset] | None = None,
     task: str | None = None,
@@ -386,11 +363,12 @@ def build_model_card(
     """Render the card of a distilled student from its record and what the run measured (a pure function).
 
     `base_model` defaults to the teacher when it is a Hub id (a local teacher folder is no Hub reference; the
-    lineage section names it instead). `eval_metrics` (e.g. `{"accuracy": 0.9}`; `report["student_after"]` wins
+    lineage section names it instead). `eval_metrics` (e.g. `{"accuracy": 0.9}`; `results.student_after` wins
     when present) become `model-index` results when the task and a Hub dataset are known (the Hub rejects results
-    without both); they always appear in the body. `report` is what `load_report` returns.
+    without both); they always appear in the body. `results` (`hf_distill.results.DistillationResults`) are the
+    measured teacher / student results; `report`, the same as a dict of its keys, is read when `results` is not given.
     """
-    report = report or {}
+    report = results.to_dict() if results is not None else (report or {})
     if base_model is None and is_hub_id(record.teacher_model):
         base_model = record.teacher_model
     inferred_task, auto_class, processor = _task_and_auto_class(record.student_architecture, record.task)
@@ -522,7 +500,7 @@ def trainer_model_card(
         on_hub=hub_id is not None,
         eval_metrics={k: v for k, v in _metrics(last_eval).items() if f"eval_{k}" in last_eval},
         history=training_history(trainer.state.log_history),
-        report=load_report(output_dir),
+        results=load_results(output_dir),
         hyperparameters=_training_hyperparameters(args),
         datasets=_datasets(trainer, dataset_tags, dataset, dataset_args),
         task=(_listify(tasks) or [None])[0],

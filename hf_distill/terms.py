@@ -2,7 +2,7 @@
 
 Everything that lists terms reads this registry: the argument checks and recipe defaults, the trainer's loss and
 its per-term logs, the resume check, the saved record and its formula, the model card and the plots. A new term is
-one [`LossTerm`] passed to [`register_term`] plus its loss function (see docs/architecture_terms.md).
+one [`LossTerm`] passed to [`register_term`] plus its loss function (see docs/architecture.md, "Adding a loss term").
 
 The output terms (`loss_ce`, `loss_kd`) are computed together by `tasks.output_terms`, which shares one
 log-softmax between them, and are normalised over the task's units (examples, or tokens for per-token tasks). Every

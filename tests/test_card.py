@@ -13,6 +13,7 @@ from huggingface_hub import ModelCard
 
 from hf_distill import DistillationArguments, DistillationRecord, DistillationTrainer, load_distillation_config
 from hf_distill.card import CardDataset, build_model_card, load_report
+from hf_distill.results import DistillationResults, load_results, write_results
 
 
 def _accuracy(prediction) -> dict[str, float]:
@@ -153,6 +154,42 @@ def test_card_reads_the_report(tmp_path):
     assert "| 1 | 3 | 3 |" in card.text and "teacher layers [0, 3]" in card.text
     assert "per-head KL" in card.text
     assert 'hf_hub_download("me/tiny", "distillation_config.json")' in card.text
+
+
+def test_card_takes_the_results_file_the_library_defines(tmp_path):
+    results = DistillationResults(metric="f1", teacher={"f1": 0.8, "accuracy": 0.9}, student_before={"f1": 0.4},
+                                  student_after={"f1": 0.7}, speedup=3.0, latency={"device": "cpu"})  # fmt: skip
+    write_results(tmp_path, results)
+    (tmp_path / "report.json").write_text(json.dumps({"student_after": {"f1": 0.1}}))  # ignored: the file wins
+    assert load_results(tmp_path) == results
+    card = build_model_card(_record(), model_name="tiny", load_path="out", results=load_results(tmp_path))
+    assert "keeps 87.5 % of the teacher's f1" in card.text  # 0.7 / 0.8, on the named primary metric
+    assert "closed 75.0 % of the f1 gap" in card.text  # (0.7 - 0.4) / (0.8 - 0.4)
+    assert "**3.00x** (device: cpu)" in card.text
+    assert card.text == build_model_card(_record(), model_name="tiny", load_path="out", report=results.to_dict()).text
+
+
+def test_an_older_folder_with_only_the_commands_report_json_still_renders(tmp_path):
+    report = {  # the hf-distill command's report.json layout, from before distillation_results.json
+        "metric": "accuracy",
+        "evaluation": {
+            "teacher": {"metrics": {"accuracy": 0.9}, "throughput": {"examples_per_second": 10.0}},
+            "student_before": {"metrics": {"accuracy": 0.5}},
+            "student_after": {"metrics": {"accuracy": 0.8}},
+        },
+        "speed": {"device": "cpu", "batch_size": 32, "latency_samples": 8, "latency_speedup": 2.5},
+        "files": {"report.json": "this comparison"},
+    }
+    (tmp_path / "report.json").write_text(json.dumps(report))
+    latency = {"device": "cpu", "batch_size": 32, "latency_samples": 8}
+    assert load_results(tmp_path) == DistillationResults(
+        metric="accuracy", teacher={"accuracy": 0.9}, student_before={"accuracy": 0.5},
+        student_after={"accuracy": 0.8}, speedup=2.5, latency=latency,
+    )  # fmt: skip
+    card = build_model_card(_record(), model_name="tiny", load_path="out", results=load_results(tmp_path))
+    assert "| Student after distillation (this model) | 0.8 |" in card.text
+    assert "closed 75.0 % of the accuracy gap" in card.text  # (0.8 - 0.5) / (0.9 - 0.5)
+    assert "**2.50x** (device: cpu, batch_size: 32, latency_samples: 8)" in card.text
 
 
 @pytest.mark.parametrize("content", ["{not json", "[1, 2]"])

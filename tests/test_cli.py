@@ -18,7 +18,7 @@ from transformers import (
 )
 
 from hf_distill import load_distillation_config, load_training_history
-from hf_distill.cli import main, parse_args
+from hf_distill.command.cli import main, parse_args
 from hf_distill.data import _read_file
 
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
@@ -183,6 +183,9 @@ def test_end_to_end_outputs_exist_and_agree(assets, tmp_path, capsys):
     card = (out / "README.md").read_text()  # the model card, rewritten once the report exists
     assert f"keeps {100 * after_acc / teacher_acc:.1f} % of the teacher's accuracy" in card
     assert f"**{report['speed']['latency_speedup']:.2f}x**" in card
+    results = json.loads((out / "distillation_results.json").read_text())  # what the card read, not report.json
+    assert results["student_after"] == report["evaluation"]["student_after"]["metrics"]
+    assert results["speedup"] == report["speed"]["latency_speedup"] and results["metric"] == report["metric"]
     # ... and with models reloaded from disk and evaluated independently
     assert teacher_acc == pytest.approx(reference_accuracy(assets["teacher"], assets["teacher"], assets["dev"]))
     assert after_acc == pytest.approx(reference_accuracy(out, out, assets["dev"]))

@@ -8,8 +8,8 @@ from test_cli import assets, cli_args, one_thread, run_cli, write_rows  # noqa: 
 from transformers import BertTokenizerFast
 
 from hf_distill import load_distillation_config
-from hf_distill.cli import parse_args
-from hf_distill.workflow import prepare_run
+from hf_distill.command.cli import parse_args
+from hf_distill.command.workflow import prepare_run
 
 
 def prepared(assets, tmp_path, **overrides):  # noqa: F811

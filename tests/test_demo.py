@@ -8,7 +8,7 @@ import pytest
 import torch
 from transformers import AutoModelForSequenceClassification
 
-from hf_distill.demo import main, synthetic_reviews
+from hf_distill.command.demo import main, synthetic_reviews
 
 
 def test_synthetic_reviews_are_deterministic_balanced_and_labelled_by_their_last_clause():
@@ -18,7 +18,7 @@ def test_synthetic_reviews_are_deterministic_balanced_and_labelled_by_their_last
     assert abs(counts[0] - counts[1]) < 150
     contrasts = [(s, y) for s, y in rows if " , but " in s]
     assert 0.25 < len(contrasts) / len(rows) < 0.45
-    from hf_distill.demo import _NEGATIVE, _POSITIVE
+    from hf_distill.command.demo import _NEGATIVE, _POSITIVE
 
     for sentence, label in rows:  # the polarity of the last clause decides, "not" flips it
         last = sentence.split(" , but ")[-1].split()

@@ -9,7 +9,7 @@ import pytest
 from test_cli import SST2, assets, one_thread  # noqa: F401  (fixtures)
 
 from hf_distill import load_distillation_config
-from hf_distill.cli import parse_args
+from hf_distill.command.cli import parse_args
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
@@ -59,7 +59,7 @@ def test_every_option_is_documented():
     from transformers import TrainingArguments
 
     from hf_distill import DistillationArguments
-    from hf_distill.cli import ModelArguments, RunArguments
+    from hf_distill.command.cli import ModelArguments, RunArguments
     from hf_distill.data import DataArguments
 
     text = (ROOT / "docs" / "arguments.md").read_text()

@@ -50,7 +50,7 @@ def test_recipe_from_the_command_line_with_an_override():
 
 
 def test_the_command_defaults_to_the_recommended_recipe_and_seed_restores_the_notebook(tmp_path):
-    from hf_distill.cli import parse_args
+    from hf_distill.command.cli import parse_args
 
     for name in ("t.tsv", "v.tsv"):
         (tmp_path / name).write_text("sentence\tlabel\ngood\t1\n")
@@ -66,7 +66,7 @@ def test_the_command_defaults_to_the_recommended_recipe_and_seed_restores_the_no
 def test_resume_compares_the_values_not_the_recipe_name(tmp_path):
     import json
 
-    from hf_distill.cli import check_resumable
+    from hf_distill.command.cli import check_resumable
 
     recorded = DistillationArguments(output_dir=str(tmp_path)).distillation_settings()  # recipe None: the seed's
     (tmp_path / "distillation_config.json").write_text(json.dumps(recorded))

@@ -6,9 +6,9 @@ import json
 import pytest
 from sklearn.metrics import accuracy_score, f1_score
 
-from hf_distill.evaluation import accuracy, binary_f1
-from hf_distill.plots import plot_training_curves
-from hf_distill.report import compare, render_markdown, speedup, write_report
+from hf_distill.command.plots import plot_training_curves
+from hf_distill.command.report import compare, render_markdown, speedup, write_report
+from hf_distill.task_metrics import accuracy, binary_f1
 
 
 def test_compare_by_hand():

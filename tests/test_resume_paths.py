@@ -12,7 +12,7 @@ import torch
 from _resume_run import build_trainer
 
 from hf_distill import DistillationRecord, DistillationSettingError, DistillationTrainer
-from hf_distill.output_dir import check_output_dir, check_resumable
+from hf_distill.command.output_dir import check_output_dir, check_resumable
 from hf_distill.resume import check_resume_settings, missing_parts, resolve_checkpoint
 
 
@@ -148,8 +148,8 @@ def test_refused_term_names_its_settings_and_the_command_turns_them_into_flags(t
     from transformers import MPNetConfig, MPNetForSequenceClassification
 
     from hf_distill import DistillationArguments
+    from hf_distill.command.workflow import _trainer
     from hf_distill.tasks import SEQUENCE_CLASSIFICATION
-    from hf_distill.workflow import _trainer
 
     def mpnet(layers: int) -> MPNetForSequenceClassification:  # its relative attention cannot be recorded
         config = MPNetConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64,

@@ -21,13 +21,12 @@ from hf_distill.trainer import load_teacher
 REPO = Path(__file__).resolve().parents[1]
 PACKAGE = REPO / "hf_distill"
 
-# Loads artifacts.py on its own (it imports only the standard library), writes the old file, then starts writing
-# the new one and SIGKILLs itself at the chosen point inside `atomic_write_json`.
+# Imports this checkout's hf_distill.artifacts (it needs the term registry for its loss formula, so not on its own),
+# writes the old file, then starts writing the new one and SIGKILLs itself at the chosen point in `atomic_write_json`.
 _CHILD = r"""
-import importlib.util, os, signal, sys, types
-spec = importlib.util.spec_from_file_location("artifacts", sys.argv[1])
-artifacts = sys.modules["artifacts"] = importlib.util.module_from_spec(spec)
-spec.loader.exec_module(artifacts)
+import os, signal, sys, types
+sys.path.insert(0, os.path.dirname(os.path.dirname(sys.argv[1])))
+from hf_distill import artifacts
 target, point = sys.argv[2], sys.argv[3]
 artifacts.atomic_write_json(target, {"version": "old", "rows": list(range(10))})
 

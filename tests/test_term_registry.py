@@ -13,8 +13,8 @@ from datasets import Dataset
 
 from hf_distill import DistillationArguments, DistillationTrainer
 from hf_distill.artifacts import LOSS_FORMULA, load_distillation_config
+from hf_distill.command.plots import _terms as plotted_terms
 from hf_distill.guards import NonFiniteLossError
-from hf_distill.plots import _terms as plotted_terms
 from hf_distill.resume import check_resume_settings
 from hf_distill.terms import LossTerm, loss_formula, register_term, unregister_term
 

@@ -4,7 +4,7 @@ A task knows its head (model class suffixes, Auto class, Hub pipeline tag), whic
 loss units (examples or tokens), its output terms (CE and KD), its evaluation metrics, its data for the `hf-distill`
 command, whether its teacher outputs can be cached, and how to check a teacher against a student. The trainer, the
 teacher cache, the metrics and the command ask the task; none of them names one. A new task is a module defining a
-`Task` subclass and calling `register_task` on an instance (see docs/architecture_tasks.md).
+`Task` subclass and calling `register_task` on an instance (see docs/architecture.md, "Adding a task").
 """
 
 from __future__ import annotations
@@ -60,6 +60,8 @@ class Task:
         processor_auto_class (`str`): the transformers Auto class of the preprocessor the command loads
             (`AutoTokenizer`, `AutoFeatureExtractor`, `AutoImageProcessor`).
         reads_text (`bool`): its inputs are token ids from a tokenizer (the command's vocabulary and length checks).
+        generates (`bool`): its models generate sequences, scored on generated text (the command then runs
+            `DistillationSeq2SeqTrainer` with `predict_with_generate`).
     """
 
     name: ClassVar[str]
@@ -78,6 +80,7 @@ class Task:
     problem_type: ClassVar[str | None] = None
     main_input_names: ClassVar[tuple[str, ...] | None] = None
     processor_auto_class: ClassVar[str] = "AutoTokenizer"
+    generates: ClassVar[bool] = False
     reads_text: ClassVar[bool] = True
 
     @property
@@ -192,13 +195,6 @@ class Task:
         adds the generated text's token ids)."""
         logits = self.logits(outputs)
         return metrics.preprocess(logits[0] if len(logits) == 1 else logits, labels)
-
-    def command_trainer(self, training_args: Any, data_args: Any) -> tuple[type, Any]:
-        """The trainer class the `hf-distill` command runs, and its arguments (`DistillationTrainer` by default)."""
-        from ..trainer import DistillationTrainer
-
-        return DistillationTrainer, training_args
-
 
 def summed_objective(terms: Terms, weights: dict[str, float], device: torch.device) -> torch.Tensor:
     """`sum_n weights[n] * sum(terms[n])` over the terms with a weight > 0."""

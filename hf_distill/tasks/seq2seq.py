@@ -57,6 +57,7 @@ class Seq2SeqLM(TokenLevelTask):
     auto_class = "AutoModelForSeq2SeqLM"
     class_suffixes = ("ForConditionalGeneration", "MTModel")  # MarianMTModel
     labels_mark_positions = True  # the labels are the decoder's inputs too
+    generates = True  # scored on generated text: the command runs DistillationSeq2SeqTrainer
     description = "sequence to sequence: the target tokens under teacher forcing (T5, BART, Marian, Whisper)"
     pipeline_tag = "text2text-generation"
     no_cache_reason = (
@@ -152,12 +153,6 @@ class Seq2SeqLM(TokenLevelTask):
         """`source`/`text` -> `target`/`summary` (`--text_column`, `--target_column`), tokenised with `text_target`."""
         return _seq2seq(splits, args, tokenizer, config)
 
-    def command_trainer(self, training_args: Any, data_args: Any) -> tuple[type, Any]:
-        """`DistillationSeq2SeqTrainer`, evaluating on generated text up to `--max_target_length` tokens."""
-        from ..seq2seq_trainer import DistillationSeq2SeqTrainer, seq2seq_arguments
-
-        generation = {"predict_with_generate": True, "generation_max_length": data_args.max_target_length + 1}
-        return DistillationSeq2SeqTrainer, seq2seq_arguments(training_args, **generation)
 
 
 SEQ2SEQ = register_task(Seq2SeqLM())

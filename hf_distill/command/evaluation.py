@@ -17,9 +17,9 @@ from torch import nn
 from torch.utils.data import DataLoader
 from transformers.trainer_pt_utils import nested_concat, nested_numpify
 
-from .labels import IGNORE_INDEX
-from .task_metrics import TaskMetrics, accuracy, binary_f1, load_metrics
-from .tasks import batch_size as examples_in
+from ..labels import IGNORE_INDEX
+from ..task_metrics import TaskMetrics, accuracy, binary_f1, load_metrics
+from ..tasks import batch_size as examples_in
 
 __all__ = ["EvaluationResult", "accuracy", "binary_f1", "evaluate_model", "load_metrics"]
 

@@ -9,7 +9,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_write_json, atomic_write_text
+from ..artifacts import atomic_write_json, atomic_write_text
 
 __all__ = ["REPORT_JSON", "REPORT_MD", "compare", "render_markdown", "speedup", "write_report"]
 

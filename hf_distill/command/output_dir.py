@@ -11,8 +11,8 @@ import shutil
 from collections.abc import Mapping
 from pathlib import Path
 
-from .artifacts import DistillationRecord
-from .resume import checkpoint_folders, latest_complete_checkpoint, resolve_checkpoint, setting_differences
+from ..artifacts import DistillationRecord
+from ..resume import checkpoint_folders, latest_complete_checkpoint, resolve_checkpoint, setting_differences
 
 __all__ = ["check_output_dir", "check_resumable", "remove_checkpoints"]
 

@@ -10,8 +10,8 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .artifacts import atomic_open
-from .terms import registered_terms
+from ..artifacts import atomic_open
+from ..terms import registered_terms
 
 __all__ = ["PLOT_NAME", "plot_training_curves"]
 

@@ -16,22 +16,23 @@ from typing import Any
 
 from torch import nn
 
-from .args import DistillationArguments
-from .artifacts import CONFIG_NAME, HISTORY_NAME, training_history
-from .augment import augment_dataset, embedding_neighbours
-from .checks import check_same_labels, check_tokenizer_fits
+from ..args import DistillationArguments
+from ..artifacts import CONFIG_NAME, HISTORY_NAME, training_history
+from ..augment import augment_dataset, embedding_neighbours
+from ..checks import check_same_labels, check_tokenizer_fits
+from ..data import DataArguments
+from ..errors import DistillationSettingError
+from ..modeling import count_layers, count_parameters
+from ..results import RESULTS_NAME, DistillationResults, write_results
+from ..task_data import TaskData, prepare_task_data, resolve_task
+from ..task_metrics import TaskMetrics, task_metrics
+from ..tasks import Task
+from ..trainer import DistillationTrainer
 from .command_args import ModelArguments, RunArguments
-from .data import DataArguments
-from .errors import DistillationSettingError
 from .evaluation import evaluate_model
-from .modeling import count_layers, count_parameters
 from .output_dir import check_output_dir, check_resumable, remove_checkpoints
 from .plots import PLOT_NAME, plot_training_curves
 from .report import REPORT_JSON, REPORT_MD, compare, speedup, write_report
-from .task_data import TaskData, prepare_task_data, resolve_task
-from .task_metrics import TaskMetrics, task_metrics
-from .tasks import Task
-from .trainer import DistillationTrainer
 
 __all__ = ["PreparedRun", "execute_run", "prepare_run"]
 
@@ -213,7 +214,7 @@ def prepare_run(
 
     train, evaluation = data.train, data.evaluation
     # Without a loaded student, --student_num_layers/--student_layers have the trainer build it from the teacher.
-    trainer_class, training_args = task.command_trainer(training_args, data_args)  # seq2seq: generation
+    trainer_class, training_args = _command_trainer(task, training_args, data_args)  # seq2seq: generation
     trainer = _trainer(trainer_class, task, student or teacher, teacher, training_args, data, tokenizer, metrics)
     trainer.augmentation = transfer_set.record if transfer_set else data.augmentation  # distillation_config.json
     if student is None:
@@ -285,6 +286,17 @@ class _TransferSet:
         return augmented
 
 
+def _command_trainer(task: Task, training_args, data_args) -> tuple[type[DistillationTrainer], Any]:
+    """The trainer class the command runs and its arguments: `DistillationSeq2SeqTrainer` for the tasks that
+    generate, evaluating on generated text up to `--max_target_length` tokens; else `DistillationTrainer`."""
+    if not task.generates:
+        return DistillationTrainer, training_args
+    from ..seq2seq_trainer import DistillationSeq2SeqTrainer, seq2seq_arguments
+
+    generation = {"predict_with_generate": True, "generation_max_length": data_args.max_target_length + 1}
+    return DistillationSeq2SeqTrainer, seq2seq_arguments(training_args, **generation)
+
+
 _LAYER_TERM_WEIGHTS = ("gamma", "relation_weight", "hidden_weight")  # terms that need more than the logits
 
 
@@ -350,9 +362,23 @@ def execute_run(run: PreparedRun, notes: list[str] | None = None) -> dict[str, A
             logger.warning("No %s: %s", PLOT_NAME, reason)
             report["files"][PLOT_NAME] = f"not written: {reason}"
         write_report(output_dir, report)
-        trainer.create_model_card()  # again, now with the report's results and speed-up
+        write_results(output_dir, _card_results(report))
+        trainer.create_model_card()  # again, now with the measured results and speed-up
         logger.info("Wrote the student, %s and %s to %s", REPORT_JSON, REPORT_MD, os.path.abspath(output_dir))
     return report
+
+
+def _card_results(report: dict[str, Any]) -> DistillationResults:
+    """What the model card shows of the report, in the library's layout (`distillation_results.json`)."""
+    evaluation, speed = report["evaluation"], report["speed"]
+    return DistillationResults(
+        metric=report["metric"],
+        teacher=evaluation["teacher"]["metrics"],
+        student_before=evaluation["student_before"]["metrics"],
+        student_after=evaluation["student_after"]["metrics"],
+        speedup=speed["latency_speedup"],
+        latency={key: speed[key] for key in ("device", "batch_size", "latency_samples")},
+    )
 
 
 def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval, notes) -> dict[str, Any]:
@@ -425,6 +451,7 @@ def _build_report(run, record, teacher_eval, before_eval, after_eval, final_eval
             CONFIG_NAME: "teacher, student, settings, layer map, compression, versions",
             HISTORY_NAME: "per-term training losses, eval metrics, learning rate by step",
             f"{REPORT_JSON}, {REPORT_MD}": "this comparison",
+            RESULTS_NAME: "the measured results the model card shows",
             PLOT_NAME: f"total loss, loss terms, eval {primary}, learning rate",
         },
     }

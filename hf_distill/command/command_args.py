@@ -12,9 +12,9 @@ from pathlib import Path
 
 from transformers import HfArgumentParser
 
-from .args import DistillationArguments
-from .data import DataArguments
-from .task_data import TASK_CHOICES
+from ..args import DistillationArguments
+from ..data import DataArguments
+from ..task_data import TASK_CHOICES
 
 __all__ = ["COMMAND_RECIPE", "ModelArguments", "RunArguments", "parse_args"]
 
