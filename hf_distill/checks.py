@@ -26,6 +26,7 @@ import torch
 from torch import nn
 
 from .labels import IGNORE_INDEX, LABEL_COLUMNS
+from .modeling import embedding_rows
 from .resume import check_resume_settings, resolve_checkpoint
 
 if TYPE_CHECKING:
@@ -53,11 +54,7 @@ def _id2label(model: nn.Module) -> dict[int, str]:
     return {int(k): str(v) for k, v in mapping.items()}
 
 
-def _embedding_rows(model: nn.Module) -> int | None:
-    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
-    if isinstance(embeddings, nn.Embedding):
-        return embeddings.num_embeddings
-    return getattr(getattr(model, "config", None), "vocab_size", None)
+_embedding_rows = embedding_rows
 
 
 def _tokenizer_size(processing_class: Any) -> int | None:
@@ -188,19 +185,13 @@ def _position_limit(model: nn.Module) -> tuple[int | None, bool]:
 
 
 def _label_bound(model: nn.Module) -> tuple[str, int] | None:
-    """(`name`, n): labels must lie in 0..n-1 (or be -100), for the heads whose labels are class indices."""
-    config, name = getattr(model, "config", None), type(model).__name__
-    if name.endswith(
-        ("ForSequenceClassification", "ForTokenClassification", "ForAudioClassification", "ForImageClassification")
-    ):
-        num_labels = getattr(config, "num_labels", None)
-        if getattr(config, "problem_type", None) in ("regression", "multi_label_classification") or not num_labels:
-            return None
-        return ("num_labels", num_labels) if num_labels > 1 else None
-    if name.endswith(("ForMaskedLM", "ForCausalLM", "LMHeadModel", "ForConditionalGeneration", "MTModel")):
-        rows = _embedding_rows(model)
-        return ("vocab_size", rows) if rows else None
-    return None
+    """(`name`, n): labels must lie in 0..n-1 (or be -100), as the model's task says (`Task.label_bound`)."""
+    from .tasks import task_of_class
+
+    main_input = getattr(model, "main_input_name", None)
+    task = task_of_class(type(model).__name__, getattr(model, "config", None),
+                         main_input if isinstance(main_input, str) else None)  # fmt: skip
+    return task.label_bound(model) if task is not None else None
 
 
 @contextmanager

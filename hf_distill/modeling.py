@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from torch import nn
 
 __all__ = [
+    "embedding_rows",
     "attention_geometry",
     "check_teacher_layers",
     "count_parameters",
@@ -148,3 +149,11 @@ def check_teacher_layers(option: str, layers: list[int], student_layers: int, te
             f"`{option}` {layers} names teacher layers {out_of_range}, but the teacher has {teacher_layers} layers "
             f"(valid indices 0..{teacher_layers - 1}), e.g. {example}."
         )
+
+
+def embedding_rows(model: nn.Module) -> int | None:
+    """How many token ids `model` can read: its input embedding's rows (else `config.vocab_size`)."""
+    embeddings = model.get_input_embeddings() if hasattr(model, "get_input_embeddings") else None
+    if isinstance(embeddings, nn.Embedding):
+        return embeddings.num_embeddings
+    return getattr(getattr(model, "config", None), "vocab_size", None)

@@ -146,6 +146,11 @@ class Task:
 
     # ---- loss --------------------------------------------------------------------------------------------------
 
+    def label_bound(self, model: Any) -> tuple[str, int] | None:
+        """`(name, n)`: the targets of `model` are ids in `0..n-1` (or ignored), `name` saying where `n` comes from
+        (`num_labels`, `vocab_size`), checked on the data before training; `None`: no such bound."""
+        return None
+
     def has_labels(self, inputs: dict[str, Any]) -> bool:
         """Whether the batch holds every target."""
         return all(inputs.get(name) is not None for name in self.label_names)
@@ -195,6 +200,21 @@ class Task:
         adds the generated text's token ids)."""
         logits = self.logits(outputs)
         return metrics.preprocess(logits[0] if len(logits) == 1 else logits, labels)
+
+
+def class_bound(model: Any) -> tuple[str, int] | None:
+    """`Task.label_bound` of heads whose labels are class ids: `("num_labels", n)` for two classes or more."""
+    num_labels = getattr(getattr(model, "config", None), "num_labels", None)
+    return ("num_labels", num_labels) if num_labels and num_labels > 1 else None
+
+
+def vocabulary_bound(model: Any) -> tuple[str, int] | None:
+    """`Task.label_bound` of heads whose labels are token ids: `("vocab_size", rows of the input embedding)`."""
+    from ..modeling import embedding_rows
+
+    rows = embedding_rows(model)
+    return ("vocab_size", rows) if rows else None
+
 
 def summed_objective(terms: Terms, weights: dict[str, float], device: torch.device) -> torch.Tensor:
     """`sum_n weights[n] * sum(terms[n])` over the terms with a weight > 0."""

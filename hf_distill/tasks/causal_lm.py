@@ -17,7 +17,7 @@ from .. import losses
 from ..losses import token_hard_label_loss
 from ..task_metrics import language_model_scores
 from ..teacher_cache import TOP_K_PER_TOKEN
-from .base import register_task
+from .base import register_task, vocabulary_bound
 from .token_level import TokenLevelTask
 
 __all__ = ["CAUSAL_LM", "CausalLM"]
@@ -27,6 +27,7 @@ class CausalLM(TokenLevelTask):
     name = "causal-lm"
     auto_class = "AutoModelForCausalLM"
     class_suffixes = ("ForCausalLM", "LMHeadModel")
+    label_bound = staticmethod(vocabulary_bound)  # the targets' ids are checked against it before training
     description = "causal language modelling: the next token (GPT-2, Llama, Qwen2)"
     pipeline_tag = "text-generation"
     teacher_cache = TOP_K_PER_TOKEN

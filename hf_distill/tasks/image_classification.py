@@ -26,7 +26,7 @@ import torch
 from .. import losses
 from ..task_metrics import TaskMetrics, accuracy, top_k_accuracy
 from ..teacher_cache import EXAMPLE_LOGITS
-from .base import Task, Terms, register_task, summed_objective
+from .base import Task, Terms, class_bound, register_task, summed_objective
 
 __all__ = ["IMAGE_CLASSIFICATION", "ImageClassification"]
 
@@ -38,6 +38,7 @@ class ImageClassification(Task):
     name = "image-classification"
     auto_class = "AutoModelForImageClassification"
     class_suffixes = ("ForImageClassification", _WITH_TEACHER)
+    label_bound = staticmethod(class_bound)  # the targets' ids are checked against it before training
     description = "one label per image (ViT, DeiT, ConvNeXt, Swin, ...), from an image column"
     pipeline_tag = "image-classification"
     teacher_cache = EXAMPLE_LOGITS

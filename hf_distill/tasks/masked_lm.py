@@ -15,7 +15,7 @@ import torch
 from ..labels import IGNORE_INDEX
 from ..losses import token_hard_label_loss
 from ..task_metrics import language_model_scores
-from .base import register_task
+from .base import register_task, vocabulary_bound
 from .token_level import TokenLevelTask
 
 __all__ = ["MASKED_LM", "MaskedLM", "MaskedLMCollator"]
@@ -28,6 +28,7 @@ class MaskedLM(TokenLevelTask):
     name = "masked-lm"
     auto_class = "AutoModelForMaskedLM"
     class_suffixes = ("ForMaskedLM",)
+    label_bound = staticmethod(vocabulary_bound)  # the targets' ids are checked against it before training
     labels_mark_positions = True
     description = "masked language modelling: the masked tokens (BERT pre-training)"
     pipeline_tag = "fill-mask"

@@ -27,7 +27,7 @@ import torch
 from .. import losses
 from ..losses import token_hard_label_loss
 from ..task_metrics import TaskMetrics, language_model_scores
-from .base import register_task
+from .base import register_task, vocabulary_bound
 from .token_level import TokenLevelTask
 
 __all__ = ["SEQ2SEQ", "Seq2SeqCollator", "Seq2SeqLM", "decoder_inputs_from_labels"]
@@ -56,6 +56,7 @@ class Seq2SeqLM(TokenLevelTask):
     name = "seq2seq"
     auto_class = "AutoModelForSeq2SeqLM"
     class_suffixes = ("ForConditionalGeneration", "MTModel")  # MarianMTModel
+    label_bound = staticmethod(vocabulary_bound)  # the targets' ids are checked against it before training
     labels_mark_positions = True  # the labels are the decoder's inputs too
     generates = True  # scored on generated text: the command runs DistillationSeq2SeqTrainer
     description = "sequence to sequence: the target tokens under teacher forcing (T5, BART, Marian, Whisper)"
@@ -152,7 +153,6 @@ class Seq2SeqLM(TokenLevelTask):
     def prepare_data(self, splits, args, tokenizer, config, pair: bool = False, augment=None):
         """`source`/`text` -> `target`/`summary` (`--text_column`, `--target_column`), tokenised with `text_target`."""
         return _seq2seq(splits, args, tokenizer, config)
-
 
 
 SEQ2SEQ = register_task(Seq2SeqLM())

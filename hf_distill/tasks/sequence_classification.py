@@ -14,7 +14,7 @@ import torch
 from .. import losses
 from ..task_metrics import load_metrics
 from ..teacher_cache import EXAMPLE_LOGITS
-from .base import Task, Terms, register_task, summed_objective
+from .base import Task, Terms, class_bound, register_task, summed_objective
 
 __all__ = ["SEQUENCE_CLASSIFICATION", "SequenceClassification"]
 
@@ -25,6 +25,7 @@ class SequenceClassification(Task):
     name = "sequence-classification"
     auto_class = "AutoModelForSequenceClassification"
     class_suffixes = ("ForSequenceClassification",)
+    label_bound = staticmethod(class_bound)  # the targets' ids are checked against it before training
     description = "one label per text or text pair (SST-2, MNLI, ...)"
     pipeline_tag = "text-classification"
     teacher_cache = EXAMPLE_LOGITS

@@ -15,7 +15,7 @@ import numpy as np
 
 from ..labels import IGNORE_INDEX
 from ..task_metrics import IGNORE, TaskMetrics, entity_scores, is_iob2
-from .base import register_task
+from .base import class_bound, register_task
 from .token_level import TokenLevelTask
 
 __all__ = ["TOKEN_CLASSIFICATION", "TokenClassification"]
@@ -29,6 +29,7 @@ class TokenClassification(TokenLevelTask):
     name = "token-classification"
     auto_class = "AutoModelForTokenClassification"
     class_suffixes = ("ForTokenClassification",)
+    label_bound = staticmethod(class_bound)  # the targets' ids are checked against it before training
     description = "one label per token (NER, POS tagging)"
     pipeline_tag = "token-classification"
     no_cache_reason = "its per-token logits are not cached"
