@@ -216,6 +216,24 @@ def vocabulary_bound(model: Any) -> tuple[str, int] | None:
     return ("vocab_size", rows) if rows else None
 
 
+def class_terms(
+    logits: torch.Tensor, labels: torch.Tensor | None, teacher: Any, temperature: float, weights: dict[str, float]
+) -> tuple[Terms, torch.Tensor]:
+    """One softmax over classes per example (sequence, image, audio classification; multiple choice's choices):
+    CE to `labels` (a `-100` label counts no unit) when given, and Hinton's KD (`T^2 KL`) to the teacher's
+    `(logits,)` when given; `(terms, objective)` as `Task.output_terms` returns them."""
+    from .. import losses
+
+    terms: Terms = {}
+    if labels is not None:
+        ce = losses.hard_label_loss(logits, labels, reduction="none")
+        terms["loss_ce"] = (ce, labels.ne(losses.IGNORE_INDEX))
+    if teacher is not None:
+        kd = losses.soft_label_loss(logits, teacher[0], temperature, reduction="none")
+        terms["loss_kd"] = (kd, torch.ones_like(kd))
+    return terms, summed_objective(terms, weights, logits.device)
+
+
 def summed_objective(terms: Terms, weights: dict[str, float], device: torch.device) -> torch.Tensor:
     """`sum_n weights[n] * sum(terms[n])` over the terms with a weight > 0."""
     return sum((weights[n] * values.sum() for n, (values, _) in terms.items() if weights[n] > 0),

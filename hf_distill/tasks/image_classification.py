@@ -21,12 +21,11 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
-import torch
 
 from .. import losses
 from ..task_metrics import TaskMetrics, accuracy, top_k_accuracy
 from ..teacher_cache import EXAMPLE_LOGITS
-from .base import Task, Terms, class_bound, register_task, summed_objective
+from .base import Task, Terms, class_bound, class_terms, register_task
 
 __all__ = ["IMAGE_CLASSIFICATION", "ImageClassification"]
 
@@ -90,15 +89,8 @@ class ImageClassification(Task):
 
     def output_terms(self, student, teacher, inputs, temperature, weights, training) -> tuple[Terms, Any]:
         """Per example: CE to the label (a `-100` label counts no unit) and Hinton's KD (`T^2 KL`) to the teacher."""
-        (logits,) = student  # (B, C)
-        terms: Terms = {}
-        if self.has_labels(inputs):
-            ce = losses.hard_label_loss(logits, inputs["labels"], reduction="none")
-            terms["loss_ce"] = (ce, inputs["labels"].ne(losses.IGNORE_INDEX))
-        if teacher is not None:
-            kd = losses.soft_label_loss(logits, teacher[0], temperature, reduction="none")
-            terms["loss_kd"] = (kd, torch.ones_like(kd))
-        return terms, summed_objective(terms, weights, logits.device)
+        labels = inputs["labels"] if self.has_labels(inputs) else None
+        return class_terms(student[0], labels, teacher, temperature, weights)
 
     def metrics(self, config: Any, references=None) -> TaskMetrics:
         return TaskMetrics(self, "accuracy", config.num_labels)

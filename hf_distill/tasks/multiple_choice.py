@@ -19,7 +19,7 @@ import torch
 from .. import losses
 from ..task_metrics import accuracy
 from ..teacher_cache import EXAMPLE_LOGITS
-from .base import Task, Terms, batch_size, register_task, summed_objective
+from .base import Task, Terms, batch_size, class_terms, register_task
 
 __all__ = ["MULTIPLE_CHOICE", "MultipleChoice"]
 
@@ -49,9 +49,8 @@ class MultipleChoice(Task):
     def output_terms(self, student, teacher, inputs, temperature, weights, training) -> tuple[Terms, Any]:
         """Per example: CE of the right choice (a `-100` label counts no unit) and KD over the choices."""
         (logits,) = student  # (B, C)
-        terms: Terms = {}
-        if self.has_labels(inputs):
-            labels = inputs["labels"]
+        labels = inputs["labels"] if self.has_labels(inputs) else None
+        if labels is not None:
             outside = labels.ne(losses.IGNORE_INDEX) & (labels.lt(0) | labels.ge(logits.shape[-1]))
             if outside.any():
                 raise ValueError(
@@ -59,12 +58,7 @@ class MultipleChoice(Task):
                     f"0..{logits.shape[-1] - 1}: the batch has {logits.shape[-1]} choices per example. The label is "
                     "the index of the right choice among the example's endings (-100: an unlabelled example)."
                 )
-            ce = losses.hard_label_loss(logits, labels, reduction="none")
-            terms["loss_ce"] = (ce, labels.ne(losses.IGNORE_INDEX))
-        if teacher is not None:
-            kd = losses.soft_label_loss(logits, teacher[0], temperature, reduction="none")
-            terms["loss_kd"] = (kd, torch.ones_like(kd))
-        return terms, summed_objective(terms, weights, logits.device)
+        return class_terms(logits, labels, teacher, temperature, weights)
 
     def compute_metrics(self, metrics, predictions, label_ids) -> dict[str, float]:
         """`accuracy` of the chosen ending."""
