@@ -75,6 +75,16 @@ def pad_collator(features: list[dict]) -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture
+def one_thread():
+    """Tiny models: one intra-op thread is faster, and far faster on a CPU shared with other jobs. Files of tiny-model
+    tests take it with `pytestmark = pytest.mark.usefixtures("one_thread")`."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture
 def teacher():
     return tiny_bert(num_layers=4, seed=1)
 

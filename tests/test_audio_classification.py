@@ -370,10 +370,4 @@ def test_collator_pads_to_the_longest_clip_with_a_mask():
     assert "attention_mask" not in AudioCollator(extractor, return_attention_mask=False)(rows)
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a CPU shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread

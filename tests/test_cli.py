@@ -55,13 +55,7 @@ def review_rows(n: int, seed: int) -> list[tuple[str, int]]:
     return rows
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a CPU shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
 
 
 def fine_tuned(model, tokenizer, rows, steps=60):

@@ -21,12 +21,7 @@ WORDS = ["visited", "met", "in", "and", "the", "city", "today", "lives", "saw", 
 TOPICS = {0: "people", 1: "places", 2: "travel"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
 
 
 @pytest.fixture(scope="module")

@@ -29,13 +29,7 @@ from hf_distill.tasks.seq2seq import decoder_inputs_from_labels
 VOCAB = 48
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one thread is faster than many on a shared machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
 
 
 PAD, EOS = 0, 1

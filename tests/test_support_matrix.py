@@ -17,7 +17,6 @@ import math
 import os
 from pathlib import Path
 
-import pytest
 import torch
 import transformers as tf
 from test_trainer import make_args
@@ -174,15 +173,6 @@ deliberate change, rewrite it with:
     UPDATE_SUPPORT_MATRIX=1 python -m pytest -q tests/test_support_matrix.py
 
 """
-
-
-@pytest.fixture
-def one_thread():
-    """Tiny models run several times faster on one thread than on a shared, oversubscribed CPU."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def test_support_matrix_matches_the_docs(tmp_path, one_thread):

@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
 from test_task_examples import PEOPLE, PLACES, STUDENT_LAYERS, check_student, save_bert_teacher, write_jsonl
 
 from hf_distill import load_distillation_config
@@ -19,12 +18,7 @@ ROOT = Path(__file__).resolve().parents[1]
 TOPICS = {0: "people", 1: "places", 2: "travel"}
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
 
 
 def run_example(script: str, tmp_path: Path, monkeypatch, *options: str) -> Path:

@@ -26,13 +26,7 @@ NUM_CHOICES, NUM_LABELS = 3, 4
 KINDS = ("multiple-choice", "regression", "multi-label-classification")
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    """Tiny models: one intra-op thread is faster, and far faster on a CPU shared with other jobs."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
 
 
 def bert(cls, num_layers, seed, **overrides):
