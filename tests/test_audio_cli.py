@@ -11,11 +11,13 @@ import numpy as np
 import pytest
 import torch
 from test_audio_classification import speech_extractor, wav2vec2, whisper_extractor, write_wav
-from test_cli import one_thread, run_cli, to_argv  # noqa: F401  (one_thread: fixture)
+from test_cli import to_argv
 from test_cli_tasks import refused, run_ok, write_jsonl
 from transformers import AutoFeatureExtractor, AutoModelForAudioClassification
 
 from hf_distill import load_training_history
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
 
 WORDS = ["yes", "no", "up", "down"]
 FRAMES_20MS = {"conv_dim": (16, 16, 16), "conv_kernel": (10, 8, 8), "conv_stride": (5, 8, 8)}  # 320 samples a frame

@@ -4,12 +4,14 @@ it does not apply."""
 import json
 
 import pytest
-from test_cli import assets, cli_args, one_thread, run_cli, write_rows  # noqa: F401  (fixtures)
+from test_cli import assets, cli_args, run_cli, write_rows  # noqa: F401  (fixtures)
 from transformers import BertTokenizerFast
 
 from hf_distill import load_distillation_config
 from hf_distill.command.cli import parse_args
 from hf_distill.command.workflow import prepare_run
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
 
 
 def prepared(assets, tmp_path, **overrides):  # noqa: F811

@@ -12,11 +12,13 @@ from pathlib import Path
 import pytest
 import torch
 from PIL import Image
-from test_cli import one_thread, run_cli, to_argv  # noqa: F401  (one_thread: fixture)
+from test_cli import run_cli, to_argv
 from transformers import AutoImageProcessor, AutoModelForImageClassification, ViTConfig, ViTForImageClassification
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
 from hf_distill import load_distillation_config, load_training_history
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
 
 N_TRAIN, N_DEV = 240, 60
 TERMS = ("loss_ce", "loss_kd", "loss_attn")

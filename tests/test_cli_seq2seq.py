@@ -7,13 +7,15 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import one_thread, run_cli, to_argv  # noqa: F401  (one_thread: fixture)
+from test_cli import run_cli, to_argv
 from transformers import BartConfig, BartForConditionalGeneration, BertTokenizerFast
 
 from hf_distill import load_training_history
 from hf_distill.tasks import SEQ2SEQ
 from hf_distill.tasks.seq2seq import decoder_inputs_from_labels
 from hf_distill.text_metrics import last_backend
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
 
 SST2 = Path(__file__).resolve().parents[2] / "shared" / "data" / "sst2"
 if not SST2.is_dir():

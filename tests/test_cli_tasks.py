@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from test_cli import one_thread, run_cli, to_argv  # noqa: F401  (one_thread: fixture)
+from test_cli import run_cli, to_argv
 from transformers import (
     AutoModelForCausalLM,
     AutoModelForMaskedLM,
@@ -29,6 +29,8 @@ from transformers import (
 
 from hf_distill import load_training_history
 from hf_distill.task_metrics import entity_scores, get_entities, squad_exact_match, squad_f1
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
 
 PEOPLE, PLACES = ["anna", "bob", "carl", "dora"], ["paris", "rome", "oslo", "berlin"]  # "berlin" is "ber ##lin"
 FILLER = ["visited", "met", "in", "and", "the", "city", "today", "lives", "where", "does", "who", "live", "saw"]

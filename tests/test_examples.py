@@ -6,10 +6,12 @@ from pathlib import Path
 
 import datasets
 import pytest
-from test_cli import SST2, assets, one_thread  # noqa: F401  (fixtures)
+from test_cli import SST2, assets  # noqa: F401  (fixtures)
 
 from hf_distill import load_distillation_config
 from hf_distill.command.cli import parse_args
+
+pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
 
 ROOT = Path(__file__).resolve().parents[1]
 EXAMPLES = ROOT / "examples"
