@@ -54,9 +54,6 @@ def _id2label(model: nn.Module) -> dict[int, str]:
     return {int(k): str(v) for k, v in mapping.items()}
 
 
-_embedding_rows = embedding_rows
-
-
 def _tokenizer_size(processing_class: Any) -> int | None:
     tokenizer = getattr(processing_class, "tokenizer", processing_class)  # a processor wraps its tokenizer
     if tokenizer is None or not hasattr(tokenizer, "convert_tokens_to_ids"):
@@ -109,7 +106,7 @@ def check_tokenizer_fits(
 ) -> None:
     """The tokenizer's ids all index `model`'s input embedding (`option` and `fix` word the error for the caller)."""
     size = _tokenizer_size(processing_class)
-    rows = _embedding_rows(model) if size is not None else None
+    rows = embedding_rows(model) if size is not None else None
     if rows is not None and size > rows:
         raise ValueError(
             f"{option}: the tokenizer has {size} tokens (len(tokenizer)) but the {who}'s input embedding has only "
@@ -278,7 +275,7 @@ def _check_input_ids(column, exact: bool, name: str, models: Mapping[str, nn.Mod
     if ids["min"] is None:
         return
     for who, model in models.items():
-        rows = _embedding_rows(model)
+        rows = embedding_rows(model)
         if ids["min"] < 0 or (rows is not None and ids["max"] >= rows):
             raise ValueError(
                 f"{name} `input_ids` span {ids['min']}..{ids['max']} but the {who}'s input embedding has {rows} rows "

@@ -34,9 +34,6 @@ __all__ = ["DistillationTrainer", "load_teacher"]
 
 logger = logging.getLogger(__name__)
 
-# The model internals a term can need; when an active term needs one, the teacher runs even with a logits cache.
-_INTERNALS = frozenset({"attention_maps", "attention_scores", "hidden_states", "relations"})
-
 
 def load_teacher(
     name_or_path: str, like: nn.Module, trust_remote_code: bool = False, revision: str | None = None
@@ -364,7 +361,7 @@ class DistillationTrainer(Trainer):
         student_maps = self._student_recorder.attention_maps() if self._student_recorder else None
         # what the layers see: speech frames; multiple choice's (B * C, T) sequences (folded back by per_example)
         layer_mask = task.layer_attention_mask(task.layer_mask(self.accelerator.unwrap_model(model), inputs))
-        needs_internals = bool(needs & _INTERNALS)  # maps, states, projections: the teacher must run
+        needs_internals = not needs.isdisjoint(terms.TEACHER_INTERNALS)  # maps, states, projections: teacher runs
         if cached_logits is not None and not needs_internals:
             teacher_logits, teacher_maps, teacher_hidden = (cached_logits,), None, None  # (B, C) or a TopKTeacher
         elif "teacher_logits" in needs or needs_internals:

@@ -27,6 +27,7 @@ from ..results import RESULTS_NAME, DistillationResults, write_results
 from ..task_data import TaskData, prepare_task_data, resolve_task
 from ..task_metrics import TaskMetrics, task_metrics
 from ..tasks import Task
+from ..terms import TEACHER_INTERNALS, registered_terms
 from ..trainer import DistillationTrainer
 from .command_args import ModelArguments, RunArguments
 from .evaluation import evaluate_model
@@ -297,7 +298,9 @@ def _command_trainer(task: Task, training_args, data_args) -> tuple[type[Distill
     return DistillationSeq2SeqTrainer, seq2seq_arguments(training_args, **generation)
 
 
-_LAYER_TERM_WEIGHTS = ("gamma", "relation_weight", "hidden_weight")  # terms that need more than the logits
+def _layer_term_weights() -> tuple[str, ...]:
+    """The weights of the terms that need more than the logits (model internals): setting one to 0 turns it off."""
+    return tuple(term.weight for term in registered_terms() if not term.needs.isdisjoint(TEACHER_INTERNALS))
 
 
 def _trainer(trainer_class: type[DistillationTrainer], task: Task, student, teacher, training_args, data: TaskData,
@@ -311,7 +314,7 @@ def _trainer(trainer_class: type[DistillationTrainer], task: Task, student, teac
             preprocess_logits_for_metrics=metrics.preprocess,
         )  # fmt: skip
     except DistillationSettingError as error:  # the weights that turn the refused term off, where they are on
-        names = [n for n in error.settings if n in _LAYER_TERM_WEIGHTS and getattr(training_args, n) > 0]
+        names = [n for n in error.settings if n in _layer_term_weights() and getattr(training_args, n) > 0]
         if not names:
             raise
         flags = " ".join(f"--{n} 0" for n in names)
