@@ -219,12 +219,15 @@ def add_rss(rows: list[dict], script: str, child_argv) -> None:
         print(f"rss {row['config']}: {rss}", flush=True)
 
 
-def build_all(opts, workdir: str) -> tuple[dict, dict]:
-    teacher, initial = gpt2(4, opts, seed=1), gpt2(2, opts, seed=2)
+def build_all(opts, workdir: str, make_model=None, build_one=None) -> tuple[dict, dict]:
+    """Each configuration's step runner from a 4-layer teacher and a 2-layer student (`make_model`, GPT-2 here), and
+    the configurations skipped because a peer is not installed (`build_one` raised ImportError)."""
+    make_model, build_one = make_model or gpt2, build_one or build
+    teacher, initial = make_model(4, opts, seed=1), make_model(2, opts, seed=2)
     runners, skipped = {}, {}
     for name in opts.configs:
         try:
-            runners[name] = build(name, copy.deepcopy(teacher), copy.deepcopy(initial), opts, workdir)
+            runners[name] = build_one(name, copy.deepcopy(teacher), copy.deepcopy(initial), opts, workdir)
         except ImportError as error:
             skipped[name] = f"{type(error).__name__}: {error}"
             print(f"skipped {name}: {skipped[name]}")

@@ -45,7 +45,6 @@ cannot be imported is reported as skipped, with the reason.
 from __future__ import annotations
 
 import argparse
-import copy
 import os
 import sys
 import tempfile
@@ -267,15 +266,7 @@ def build(name: str, teacher, student, opts, workdir: str):
 
 
 def build_all(opts, workdir: str) -> tuple[dict, dict]:
-    teacher, initial = bert(4, opts, seed=1), bert(2, opts, seed=2)
-    runners, skipped = {}, {}
-    for name in opts.configs:
-        try:
-            runners[name] = build(name, copy.deepcopy(teacher), copy.deepcopy(initial), opts, workdir)
-        except ImportError as error:
-            skipped[name] = f"{type(error).__name__}: {error}"
-            print(f"skipped {name}: {skipped[name]}")
-    return runners, skipped
+    return peers.build_all(opts, workdir, bert, build)
 
 
 def textbrewer_offset(opts, batch) -> float:
