@@ -6,8 +6,9 @@ and hands it an empty slice of them, so the model returns `(B, 0, V)` logits and
 made; `capture.logits()` then describes the logits as `ProjectedLogits(hidden, weight, bias)`, which
 `hf_distill.token_kd.fused_token_output_loss` projects a chunk of rows at a time.
 
-`fused_projection_problem` says why a model cannot be run this way (a head that is not a plain `nn.Linear`, or
-logits post-processed after it: soft-capping or scaling), or returns `None`.
+BART, mBART, Pegasus and Marian add a `final_logits_bias` buffer to the head's output; it is folded into the
+bias here. `fused_projection_problem` says why a model cannot be run this way (a head that is not a plain
+`nn.Linear`, or logits post-processed after it: soft-capping or scaling), or returns `None`.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class ProjectionCapture:
 
     def __init__(self, model: nn.Module) -> None:
         self.head: nn.Linear = model.get_output_embeddings()
+        self._model = model  # read at `logits()`: resizing the embeddings replaces `final_logits_bias`
         self._hidden: torch.Tensor | None = None
         self._active = False
         self.head.register_forward_pre_hook(self._hook)
@@ -72,4 +74,9 @@ class ProjectionCapture:
                 f"the model never called its output projection ({type(self.head).__name__}) during the forward, so "
                 "the fused loss has no hidden states. Set fuse_lm_head=False."
             )
-        return ProjectedLogits(hidden, self.head.weight, self.head.bias)
+        bias = self.head.bias
+        final_bias = getattr(self._model, "final_logits_bias", None)  # (1, V) buffer, added after the head
+        if isinstance(final_bias, torch.Tensor):
+            final_bias = final_bias.reshape(-1)
+            bias = final_bias if bias is None else bias + final_bias
+        return ProjectedLogits(hidden, self.head.weight, bias)

@@ -95,6 +95,7 @@ def test_loss_is_token_kd_and_ce_on_the_decoder_under_teacher_forcing(tmp_path, 
     teacher, student = make(seed=1), make(2, 2, seed=2)
     assert detect_task(student) is SEQ2SEQ
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=arguments(tmp_path))
+    assert trainer._student_capture is not None  # the default: heads fused into the loss, checked against the reference
     inputs = batch()
     student.train()
     loss = trainer.compute_loss(student, dict(inputs))  # no decoder_input_ids: the task makes them from labels
@@ -261,14 +262,34 @@ def test_refuses_different_decoder_start_tokens(tmp_path):
                             args=arguments(tmp_path))  # fmt: skip
 
 
-def test_refuses_the_cache_and_the_fused_head(tmp_path):
+def test_refuses_the_cache(tmp_path):
     with pytest.raises(ValueError, match="seq2seq model: its labels are the decoder's inputs"):
         DistillationTrainer(model=tiny_bart(2, 2), teacher_model=tiny_bart(),
                             args=arguments(tmp_path, teacher_cache_dir=str(tmp_path / "cache")),
                             train_dataset=seq2seq_rows(2, 0))  # fmt: skip
-    with pytest.raises(ValueError, match="fuse_lm_head=True cannot be honoured: this is a seq2seq model"):
-        DistillationTrainer(model=tiny_bart(2, 2), teacher_model=tiny_bart(), args=arguments(tmp_path,
-                            fuse_lm_head=True))  # fmt: skip
+
+
+@pytest.mark.parametrize("make", [tiny_bart, tiny_t5], ids=["bart", "t5"])
+def test_fused_heads_train_the_same_student_as_materialised_logits(tmp_path, make):
+    """The default fuses the heads into the loss (BART's final_logits_bias folded in, T5's scaling before the head):
+    one SGD step lands on the same weights, with the same logged terms, as with fuse_lm_head=False."""
+    states = []
+    for fuse in (None, False):
+        teacher, student = make(seed=1), make(2, 2, seed=2)
+        args = arguments(tmp_path, fuse_lm_head=fuse, max_steps=1, logging_steps=1, optim="sgd", learning_rate=1.0,
+                         max_grad_norm=0.0, lr_scheduler_type="constant", per_device_train_batch_size=4,
+                         save_strategy="no")  # fmt: skip
+        trainer = DistillationTrainer(model=student, teacher_model=teacher, args=args,
+                                      train_dataset=seq2seq_rows(4, 1), data_collator=pad_rows)  # fmt: skip
+        assert (trainer._student_capture is not None) is (fuse is None)
+        trainer.train()
+        states.append(({k: v.clone() for k, v in student.state_dict().items()}, trainer.state.log_history[0]))
+    (fused, fused_log), (plain, plain_log) = states
+    for name in ("loss", "loss_ce", "loss_kd"):
+        assert fused_log[name] == pytest.approx(plain_log[name], rel=1e-5)
+    assert not torch.equal(fused["lm_head.weight"], make(2, 2, seed=2).state_dict()["lm_head.weight"])
+    for name in fused:
+        torch.testing.assert_close(fused[name], plain[name], rtol=1e-4, atol=1e-6, msg=name)
 
 
 def test_seq2seq_trainer_refuses_plain_arguments_and_other_tasks(tmp_path):

@@ -8,10 +8,10 @@ logits `(B, T_target, V)` are read at the same target positions. A position coun
 compare the encoders' layers (`hf_distill.modeling.find_layers` finds the encoder stack), masked by the source's
 `attention_mask`.
 
-Not here, and why: the teacher-output cache (the cache key leaves the `labels` out, but here they are the decoder's
-inputs, so a changed target would reuse stale logits) and the fused LM head (T5 scales the decoder output by
-`d_model ** -0.5` before `lm_head` when `scale_decoder_outputs`, BART adds `final_logits_bias` after it: the logits
-are not `lm_head(hidden)`).
+The output projection may run inside the loss (`hf_distill.lm_head`): the hook captures what enters `lm_head`
+(T5's scaling by `d_model ** -0.5` comes before it) and folds BART's and Marian's `final_logits_bias`, added after
+it, into the bias. Not here, and why: the teacher-output cache (the cache key leaves the `labels` out, but here they
+are the decoder's inputs, so a changed target would reuse stale logits).
 
 Metrics: under teacher forcing, target-token `accuracy` and `perplexity`; on generated text (`predict_with_generate`,
 and the `hf-distill` command's evaluations), `rougeL`, `bleu` and `exact_match` (`hf_distill.text_metrics`).
@@ -65,6 +65,7 @@ class Seq2SeqLM(TokenLevelTask):
         "its labels are the decoder's inputs, which the cache key leaves out, so a changed target would reuse the "
         "teacher's stale outputs"
     )
+    fuses_lm_head = True
 
     @property
     def command_names(self) -> tuple[str, ...]:
