@@ -9,6 +9,11 @@ sequences of 128 tokens, batch 8, float32, CPU, forward KL at T = 1 per token, a
     ours_fused   `DistillationTrainer.training_step`, default `fuse_lm_head` (the heads run inside the loss)
     trl_gkd      TRL's `GKDTrainer.training_step` with lmbda = 0 (no generation), beta = 0 (forward KL)
 
+Masked LM and seq2seq (`--task masked-lm`, `--task seq2seq`): the same sizes, TRL has no trainer for them, so
+ours is timed against the floor only. Masked LM: BERT (4 -> 2 layers), 15% of the positions masked and distilled.
+Seq2seq: BART (4 + 4 -> 2 + 2 layers), sources and targets of `--seq` tokens, every target token distilled under
+teacher forcing; the floor passes `decoder_input_ids` and no `labels`, so neither model computes its own loss.
+
 Every configuration has its own copy of the same initial student and its own AdamW (lr 1e-5) and sees the same
 batches. Rounds are interleaved (every configuration runs `--steps` steps per round, in a rotated order), so
 load from other processes hits them alike; the ratio to the floor is taken per round and reported as the median
@@ -22,6 +27,7 @@ A peer that cannot be imported is reported as skipped, with the reason.
 
     nice python benchmarks/peers.py                      # about 10 minutes on 2 busy cores
     nice python benchmarks/peers.py --rounds 1 --steps 1 --no-rss # smoke run
+    nice python benchmarks/peers.py --task masked-lm     # or seq2seq: ours against the floor
 """
 
 from __future__ import annotations
@@ -49,6 +55,7 @@ os.environ.setdefault("TRL_EXPERIMENTAL_SILENCE", "1")
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--task", choices=list(TASKS), default="causal-lm")
     parser.add_argument("--vocab", type=int, default=50_257)
     parser.add_argument("--width", type=int, default=128)
     parser.add_argument("--seq", type=int, default=128)
@@ -57,11 +64,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per configuration and round")
     parser.add_argument("--threads", type=int, default=1, help="torch intra-op threads (1: see docs/benchmarks.md)")
     configs = ["floor", "ours", "ours_fused", "trl_gkd"]
-    parser.add_argument("--configs", nargs="+", default=configs, choices=configs)
     parser.add_argument("--no-rss", action="store_true", help="skip the per-configuration RSS processes")
-    parser.add_argument("--output", default="peers_causal_lm_cpu")
+    parser.add_argument("--configs", nargs="+", default=None, choices=configs,
+                        help="default: every configuration the task has (trl_gkd: causal LM only)")
+    parser.add_argument("--output", default=None, help="results file stem (default peers_<task>_cpu)")
     parser.add_argument("--rss-child", choices=configs, help=argparse.SUPPRESS)
-    return parser.parse_args(argv)
+    opts = parser.parse_args(argv)
+    task_configs = configs if opts.task == "causal-lm" else configs[:3]
+    opts.configs = opts.configs or task_configs
+    if set(opts.configs) - set(task_configs):
+        parser.error(f"--configs {opts.configs}: the {opts.task} task has {task_configs}")
+    opts.output = opts.output or f"peers_{opts.task.replace('-', '_')}_cpu"
+    return opts
 
 
 def gpt2(layers: int, opts, seed: int):
@@ -71,6 +85,31 @@ def gpt2(layers: int, opts, seed: int):
     config = GPT2Config(vocab_size=opts.vocab, n_embd=opts.width, n_head=4, n_layer=layers, n_positions=opts.seq,
                         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0)  # fmt: skip
     return GPT2LMHeadModel(config)
+
+
+def bert_mlm(layers: int, opts, seed: int):
+    from transformers import BertConfig, BertForMaskedLM
+
+    torch.manual_seed(seed)
+    config = BertConfig(vocab_size=opts.vocab, hidden_size=opts.width, num_attention_heads=4, num_hidden_layers=layers,
+                        intermediate_size=4 * opts.width, max_position_embeddings=opts.seq, hidden_dropout_prob=0.0,
+                        attention_probs_dropout_prob=0.0)  # fmt: skip
+    return BertForMaskedLM(config)
+
+
+def bart(layers: int, opts, seed: int):
+    from transformers import BartConfig, BartForConditionalGeneration
+
+    torch.manual_seed(seed)
+    config = BartConfig(vocab_size=opts.vocab, d_model=opts.width, encoder_layers=layers, decoder_layers=layers,
+                        encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=4 * opts.width,
+                        decoder_ffn_dim=4 * opts.width, max_position_embeddings=opts.seq, dropout=0.0,
+                        attention_dropout=0.0, activation_dropout=0.0, pad_token_id=0, bos_token_id=1,
+                        eos_token_id=2, decoder_start_token_id=2, forced_eos_token_id=None)  # fmt: skip
+    return BartForConditionalGeneration(config)
+
+
+MASK_ID = 4  # the masked-LM batches' [MASK]: any id works for random weights
 
 
 def tiny_tokenizer():
@@ -84,27 +123,40 @@ def tiny_tokenizer():
 
 
 def batches(opts, count: int) -> list[dict[str, torch.Tensor]]:
+    """Causal LM: labels = inputs. Masked LM: 15% of the positions masked, labels there only. Seq2seq: labels and
+    the decoder inputs (the labels shifted right behind the start token), so that no model shifts them itself."""
     generator = torch.Generator().manual_seed(0)
     out = []
     for _ in range(count):
-        ids = torch.randint(0, opts.vocab, (opts.batch, opts.seq), generator=generator)
-        out.append({"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()})
+        ids = torch.randint(5, opts.vocab, (opts.batch, opts.seq), generator=generator)
+        batch = {"input_ids": ids, "attention_mask": torch.ones_like(ids), "labels": ids.clone()}
+        if opts.task == "masked-lm":
+            masked = torch.rand(ids.shape, generator=generator) < 0.15
+            batch["input_ids"] = ids.masked_fill(masked, MASK_ID)
+            batch["labels"] = ids.masked_fill(~masked, -100)
+        elif opts.task == "seq2seq":
+            batch["labels"] = torch.randint(5, opts.vocab, (opts.batch, opts.seq), generator=generator)
+            batch["decoder_input_ids"] = torch.cat([torch.full((opts.batch, 1), 2), batch["labels"][:, :-1]], dim=1)
+        out.append(batch)
     return out
 
 
 class Floor:
     """Student step + teacher forward + autograd forward KL on the distilled rows: the cost to beat."""
 
-    def __init__(self, teacher, student):
-        self.teacher, self.student = teacher.eval(), student.train()
+    def __init__(self, teacher, student, shift: bool):
+        self.teacher, self.student, self.shift = teacher.eval(), student.train(), shift
         self.optimizer = torch.optim.AdamW(student.parameters(), lr=1e-5)
 
     def step(self, batch):
-        inputs = {"input_ids": batch["input_ids"], "attention_mask": batch["attention_mask"]}
-        student_logits = self.student(**inputs).logits[:, :-1]
+        inputs = {k: v for k, v in batch.items() if k != "labels"}  # no model computes its own loss
+        student_logits = self.student(**inputs).logits
         with torch.no_grad():
-            teacher_logits = self.teacher(**inputs).logits[:, :-1]
-        mask = batch["labels"][:, 1:] != -100
+            teacher_logits = self.teacher(**inputs).logits
+        labels = batch["labels"]
+        if self.shift:  # causal LM: position i predicts token i + 1
+            student_logits, teacher_logits, labels = student_logits[:, :-1], teacher_logits[:, :-1], labels[:, 1:]
+        mask = labels != -100
         log_p, log_q = F.log_softmax(student_logits[mask], -1), F.log_softmax(teacher_logits[mask], -1)
         loss = F.kl_div(log_p, log_q, log_target=True, reduction="sum") / mask.sum()
         loss.backward()
@@ -133,7 +185,7 @@ def build(name: str, teacher, student, opts, workdir: str):
     common = dict(output_dir=workdir, use_cpu=True, report_to=[], learning_rate=1e-5, save_strategy="no",
                   disable_tqdm=True, optim="adamw_torch")  # fmt: skip
     if name == "floor":
-        return Floor(teacher, student)
+        return Floor(teacher, student, shift=opts.task == "causal-lm")
     if name in ("ours", "ours_fused"):
         from hf_distill import DistillationArguments, DistillationTrainer
 
@@ -222,7 +274,7 @@ def add_rss(rows: list[dict], script: str, child_argv) -> None:
 def build_all(opts, workdir: str, make_model=None, build_one=None) -> tuple[dict, dict]:
     """Each configuration's step runner from a 4-layer teacher and a 2-layer student (`make_model`, GPT-2 here), and
     the configurations skipped because a peer is not installed (`build_one` raised ImportError)."""
-    make_model, build_one = make_model or gpt2, build_one or build
+    make_model, build_one = make_model or TASKS[opts.task], build_one or build
     teacher, initial = make_model(4, opts, seed=1), make_model(2, opts, seed=2)
     runners, skipped = {}, {}
     for name in opts.configs:
@@ -249,15 +301,18 @@ def main(argv: list[str] | None = None) -> None:
     times = run_rounds(runners, data, opts.rounds, opts.steps)
     rows = summarise(times, peaks, bases=("floor", "trl_gkd"))
     if not opts.no_rss:
-        sizes = ["--vocab", str(opts.vocab), "--width", str(opts.width), "--seq", str(opts.seq), "--batch",
+        sizes = ["--task", opts.task, "--vocab", str(opts.vocab), "--width", str(opts.width), "--seq", str(opts.seq), "--batch",
                  str(opts.batch), "--threads", str(opts.threads)]  # fmt: skip
         add_rss(rows, __file__, lambda name: ["--rss-child", name, *sizes])
-    print(f"\ncausal LM: GPT-2 4 -> 2 layers, width {opts.width}, V={opts.vocab}, seq {opts.seq}, batch {opts.batch},"
+    print(f"\n{opts.task}: {TASKS[opts.task].__name__} 4 -> 2 layers, width {opts.width}, V={opts.vocab}, seq {opts.seq}, batch {opts.batch},"
           f" {opts.threads} thread(s); {opts.rounds} rounds x {opts.steps} steps")  # fmt: skip
     _common.print_table(rows, list(dict.fromkeys(k for r in rows for k in r)))
     print("loss of the first (untimed) step: " + ", ".join(f"{n} {v:.5f}" for n, v in losses.items()))
     _common.write_results(opts.output, {"machine": info, "options": vars(opts), "rows": rows, "skipped": skipped,
                                         "round_seconds": times, "first_step_loss": losses})  # fmt: skip
+
+
+TASKS = {"causal-lm": gpt2, "masked-lm": bert_mlm, "seq2seq": bart}  # the models, 4 -> 2 layers
 
 
 if __name__ == "__main__":

@@ -44,3 +44,21 @@ def test_peers_compute_the_same_objective(first_losses, peer, variant):
         pytest.skip(f"{peer} is not importable here: {skipped[peer + variant]}")
     offset = textbrewer_offset if peer == "textbrewer" else 0.0  # its soft CE = KL + the teacher's entropy
     assert losses[peer + variant] - offset == pytest.approx(losses["floor" + variant], rel=1e-5)
+
+
+@pytest.mark.parametrize("task", ["causal-lm", "masked-lm", "seq2seq"])
+def test_token_level_floors_compute_our_objective(tmp_path, task):
+    """benchmarks/peers.py: per-token KD at T = 1, alpha = 0 from the hand-written loop, our unfused and our fused
+    trainer give the same first-step loss on the same batch (so the timings compare equal work)."""
+    import peers
+
+    opts = peers.parse_args(["--task", task, "--vocab", "97", "--width", "16", "--seq", "12", "--batch", "3",
+                             "--configs", "floor", "ours", "ours_fused"])  # fmt: skip
+    runners, _ = peers.build_all(opts, str(tmp_path))
+    batch = peers.batches(opts, 1)[0]
+    losses = {name: runner.step(batch) for name, runner in runners.items()}
+    assert losses["floor"] > 1e-3
+    assert losses["ours"] == pytest.approx(losses["floor"], rel=1e-5)
+    assert losses["ours_fused"] == pytest.approx(losses["floor"], rel=1e-5)
+    assert runners["ours_fused"].trainer._student_capture is not None
+    assert runners["ours"].trainer._student_capture is None
