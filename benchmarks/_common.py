@@ -216,7 +216,10 @@ def tensor_peak_mb(fn, device: torch.device | str = "cpu") -> tuple[float, Any]:
 
     CUDA: `torch.cuda.max_memory_allocated`. CPU (no allocator statistics there): the profiler's memory events,
     replayed in time order (allocations of each op, frees in between), so the number is deterministic and free of
-    the process's other memory; it does not see transient buffers allocated and freed inside a single kernel.
+    the process's other memory; it does not see transient buffers allocated and freed inside a single kernel, and
+    it can misattribute the frees of buffers a custom autograd function keeps from forward to backward (the fused
+    loss's gradient buffers): where that matters, measure RSS in a fresh process (`rss_rise_mb`, or VmHWM as in
+    fused_lm_head_memory.py).
     """
     if torch.device(device).type == "cuda":
         torch.cuda.synchronize()

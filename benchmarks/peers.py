@@ -66,7 +66,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     configs = ["floor", "ours", "ours_fused", "trl_gkd"]
     parser.add_argument("--no-rss", action="store_true", help="skip the per-configuration RSS processes")
     parser.add_argument("--configs", nargs="+", default=None, choices=configs,
-                        help="default: every configuration the task has (trl_gkd: causal LM only)")
+                        help="default: every configuration the task has (trl_gkd: causal LM only)")  # fmt: skip
     parser.add_argument("--output", default=None, help="results file stem (default peers_<task>_cpu)")
     parser.add_argument("--rss-child", choices=configs, help=argparse.SUPPRESS)
     opts = parser.parse_args(argv)
@@ -301,10 +301,11 @@ def main(argv: list[str] | None = None) -> None:
     times = run_rounds(runners, data, opts.rounds, opts.steps)
     rows = summarise(times, peaks, bases=("floor", "trl_gkd"))
     if not opts.no_rss:
-        sizes = ["--task", opts.task, "--vocab", str(opts.vocab), "--width", str(opts.width), "--seq", str(opts.seq), "--batch",
-                 str(opts.batch), "--threads", str(opts.threads)]  # fmt: skip
+        sizes = ["--task", opts.task, "--vocab", str(opts.vocab), "--width", str(opts.width), "--seq", str(opts.seq),
+                 "--batch", str(opts.batch), "--threads", str(opts.threads)]  # fmt: skip
         add_rss(rows, __file__, lambda name: ["--rss-child", name, *sizes])
-    print(f"\n{opts.task}: {TASKS[opts.task].__name__} 4 -> 2 layers, width {opts.width}, V={opts.vocab}, seq {opts.seq}, batch {opts.batch},"
+    print(f"\n{opts.task}: {TASKS[opts.task].__name__} 4 -> 2 layers, width {opts.width}, V={opts.vocab}, "
+          f"seq {opts.seq}, batch {opts.batch},"
           f" {opts.threads} thread(s); {opts.rounds} rounds x {opts.steps} steps")  # fmt: skip
     _common.print_table(rows, list(dict.fromkeys(k for r in rows for k in r)))
     print("loss of the first (untimed) step: " + ", ".join(f"{n} {v:.5f}" for n, v in losses.items()))

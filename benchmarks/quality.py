@@ -102,6 +102,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--epochs", type=float, default=0.4, help="student budget, in epochs of the original set")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--max-length", type=int, default=64, help="SST-2 phrases average 9 words")
+    parser.add_argument("--student-rows", type=float, default=1.0,
+                        help="fraction of the training set the students draw from: a fixed sample, the same for every "
+                             "arm and seed (with --epochs at most this fraction, each row is seen at most once, as "
+                             "with the full set; a smaller set makes the teacher-output cache cheaper)")  # fmt: skip
     parser.add_argument("--teacher-max-epochs", type=float, default=2.0)
     parser.add_argument("--teacher-patience", type=int, default=2, help="evaluations without gain before stopping")
     parser.add_argument("--results", default=None, help="results file stem (default quality_study_<scale>)")
@@ -233,6 +237,18 @@ def converged_teacher(opts, train, val, collator, tokenizer, data_key: str):
     return teacher, info
 
 
+def student_rows(train, fraction: float):
+    """`train`, or a fixed random sample of `fraction` of its rows (seed 0, in the original order)."""
+    if not 0 < fraction <= 1:
+        sys.exit(f"--student-rows must be in (0, 1], got {fraction}")
+    if fraction == 1:
+        return train
+    import random
+
+    count = max(1, round(fraction * len(train)))
+    return train.select(sorted(random.Random(0).sample(range(len(train)), count)))
+
+
 def transfer_set(train, tokenizer, teacher, multiplier: int, opts, data_key: str):
     """The training set plus `multiplier` augmented copies of each row (label -100: the teacher labels them)."""
     from datasets import Dataset
@@ -297,6 +313,8 @@ def run_arm(name: str, seed: int, teacher, data: dict, opts) -> dict:
     steps = data["steps"]
     train = data["train"]
     if arm.get("augment"):
+        if data["sampled"]:
+            sys.exit(f"arm {name}: the transfer set is built from the whole training set; drop --student-rows")
         train = transfer_set(data["train"], data["tokenizer"], teacher, arm["augment"], opts, data["key"])
     # (fraction of the steps, settings or None for CE only) per stage
     stages = arm.get("stages") or [(1.0, None if arm["kind"] == "ce" else arm["settings"])]
@@ -463,10 +481,12 @@ def main(argv: list[str] | None = None) -> None:
     teacher, teacher_info = converged_teacher(opts, train, val, collator, tokenizer, data_key)
     teacher.eval()
     steps = max(1, round(opts.epochs * len(train) / opts.batch_size)) if not opts.quick else 20
+    student_train = student_rows(train, opts.student_rows)
     meta = {
         "machine": info, "scale": opts.scale, "student_layers": SCALES[opts.scale]["student_layers"],
         "teacher": teacher_info, "validation_rows": len(val), "train_rows": len(train), "steps": steps,
         "epochs": opts.epochs, "batch_size": opts.batch_size, "max_length": opts.max_length,
+        "student_rows": len(student_train),
         "student_before": accuracy(_common.student_from_layers(teacher, SCALES[opts.scale]["student_layers"]),
                                    val, collator),
     }  # fmt: skip
@@ -474,7 +494,8 @@ def main(argv: list[str] | None = None) -> None:
     meta_path.write_text(json.dumps(meta, indent=2, default=str))
     print(f"teacher {teacher_info['val_accuracy']:.4f}, student before training {meta['student_before']:.4f}, "
           f"{steps} steps per run", flush=True)  # fmt: skip
-    data = {"train": train, "val": val, "collator": collator, "tokenizer": tokenizer, "steps": steps, "key": data_key}
+    data = {"train": student_train, "val": val, "collator": collator, "tokenizer": tokenizer, "steps": steps,
+            "key": data_key, "sampled": opts.student_rows < 1}  # fmt: skip
     while (todo := next_run(opts, results, steps)) is not None:
         arm, seed = todo
         run = run_arm(arm, seed, teacher, data, opts)

@@ -79,6 +79,7 @@ def test_fused_projection_gradients_equal_the_unfused_path(monkeypatch, teacher_
     from hf_distill import token_kd
 
     monkeypatch.setattr(token_kd, "_FUSED_CHUNK_ELEMENTS", 5 * V)  # several blocks of rows ...
+    monkeypatch.setattr(token_kd, "_FUSED_MIN_ROWS", 5)
     monkeypatch.setattr(token_kd, "_CHUNK_ELEMENTS", V)  # ... of several sub-chunks
     torch.manual_seed(1)
     hidden, weight, bias = torch.randn(3, 8, 16), torch.randn(V, 16), torch.randn(V)
