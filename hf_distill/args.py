@@ -116,9 +116,10 @@ class DistillationArguments(TrainingArguments):
             probable tokens and the mass of the rest, and the KD term becomes the KL over those `k` tokens plus one
             tail bucket (equal to the full KL when `k` is the vocabulary size; see docs/losses.md).
         fuse_lm_head (`bool`, *optional*):
-            Causal and masked language models and seq2seq decoders: compute the student's (and teacher's) output projection inside the
-            loss, a chunk of tokens at a time (`hf_distill.token_kd.fused_token_output_loss`), so the
-            `(tokens, vocabulary)` logits never exist whole in training; same gradients. Default: on where the
+            Causal and masked language models and seq2seq decoders: compute the student's (and teacher's)
+            output projection inside the loss, a chunk of tokens at a time
+            (`hf_distill.token_kd.fused_token_output_loss`), so the `(tokens, vocabulary)` logits never exist
+            whole in training; same gradients. Default: on where the
             head is a plain `nn.Linear` without logit post-processing and the engine does not shard it; `True`
             requires it, `False` turns it off.
 

@@ -360,7 +360,7 @@ class DistillationTrainer(Trainer):
             outputs = model(**student_inputs)
         student_maps = self._student_recorder.attention_maps() if self._student_recorder else None
         # what the layers see: speech frames; multiple choice's (B * C, T) sequences (folded back by per_example)
-        layer_mask = task.layer_attention_mask(task.layer_mask(self.accelerator.unwrap_model(model), inputs))
+        layer_mask = task.layer_mask(self.accelerator.unwrap_model(model), inputs)
         needs_internals = not needs.isdisjoint(terms.TEACHER_INTERNALS)  # maps, states, projections: teacher runs
         if cached_logits is not None and not needs_internals:
             teacher_logits, teacher_maps, teacher_hidden = (cached_logits,), None, None  # (B, C) or a TopKTeacher

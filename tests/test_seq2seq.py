@@ -95,7 +95,7 @@ def test_loss_is_token_kd_and_ce_on_the_decoder_under_teacher_forcing(tmp_path, 
     teacher, student = make(seed=1), make(2, 2, seed=2)
     assert detect_task(student) is SEQ2SEQ
     trainer = DistillationTrainer(model=student, teacher_model=teacher, args=arguments(tmp_path))
-    assert trainer._student_capture is not None  # the default: heads fused into the loss, checked against the reference
+    assert trainer._student_capture is not None  # the default: fused heads, checked against the reference
     inputs = batch()
     student.train()
     loss = trainer.compute_loss(student, dict(inputs))  # no decoder_input_ids: the task makes them from labels

@@ -118,8 +118,9 @@ class Task:
         """Refuse, before any work, a preprocessor (given by the command's `--option`) that does not fit `model`."""
 
     def layer_mask(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor | None:
-        """`(B, T)`: the positions `model`'s layers see that hold data (for the hidden-state, attention and relation
-        terms); `None`: all of them. The batch's attention mask by default."""
+        """`(N, T)`: the positions `model`'s layers see that hold data, one row per sequence the layers run on
+        (`N = B`, or `B * choices` for multiple choice), for the hidden-state, attention and relation terms; `None`:
+        all of them. The batch's attention mask by default."""
         return inputs.get("attention_mask")
 
     def check_terms(self, student: Any, teacher: Any, args: Any) -> None:
@@ -135,13 +136,8 @@ class Task:
         forcing when the collator did not). `model` is the unwrapped student."""
         return inputs
 
-    def layer_attention_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
-        """The `(N, T)` mask of the sequences the model's layers run on (`N = B`, or `B * choices` for multiple
-        choice), for the attention, hidden-state and relation terms."""
-        return attention_mask
-
     def per_example(self, values: torch.Tensor, inputs: dict[str, Any]) -> torch.Tensor:
-        """`(B,)`: a layer term's per-sequence values `(N,)` (see `layer_attention_mask`) folded per example."""
+        """`(B,)`: a layer term's per-sequence values `(N,)` (see `layer_mask`) folded per example."""
         return values
 
     # ---- loss --------------------------------------------------------------------------------------------------

@@ -36,8 +36,9 @@ class MultipleChoice(Task):
     pipeline_tag = "multiple-choice"
     teacher_cache = EXAMPLE_LOGITS
 
-    def layer_attention_mask(self, attention_mask: torch.Tensor | None) -> torch.Tensor | None:
+    def layer_mask(self, model: Any, inputs: dict[str, Any]) -> torch.Tensor | None:
         """`(B, C, T)` -> `(B * C, T)`: the layers run on one sequence per choice."""
+        attention_mask = inputs.get("attention_mask")
         if attention_mask is None or attention_mask.dim() != 3:
             return attention_mask
         return attention_mask.flatten(0, 1)
