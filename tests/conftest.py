@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import random
+from collections.abc import Iterable
+from pathlib import Path
 
 import pytest
 import torch
 from datasets import Dataset
-from transformers import BertConfig, BertForSequenceClassification
+from transformers import BertConfig, BertForSequenceClassification, BertTokenizerFast
 
 VOCAB_SIZE = 64
+BERT_SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]  # ids 0-4, in BERT's order
 
 
 def tiny_bert(num_layers: int = 4, hidden: int = 32, heads: int = 4, seed: int = 0, **overrides):
@@ -25,6 +28,19 @@ def tiny_bert(num_layers: int = 4, hidden: int = 32, heads: int = 4, seed: int =
         **{"num_labels": 2, "initializer_range": 0.3, **overrides},  # wide init: peaked, distinct attention maps
     )
     return BertForSequenceClassification(config)
+
+
+def wordpiece_tokenizer(
+    folder: Path, tokens: Iterable[str], size: int | None = None, filler: str = "##x"
+) -> BertTokenizerFast:
+    """Specials, `tokens`, `filler`{i} to `size` in `folder`/vocab.txt; read by `vocab=` (5.x ignores `vocab_file`)."""
+    vocab = [*BERT_SPECIAL_TOKENS, *tokens]
+    if size is not None:
+        if len(vocab) > size:
+            raise ValueError(f"{len(vocab)} tokens (special tokens included) do not fit in size={size}")
+        vocab += [f"{filler}{i}" for i in range(size - len(vocab))]
+    (folder / "vocab.txt").write_text("\n".join(vocab) + "\n")
+    return BertTokenizerFast(vocab=str(folder / "vocab.txt"))
 
 
 def recorded_and_eager_maps(model, layers: list[int], **inputs) -> tuple[list[torch.Tensor], tuple[torch.Tensor, ...]]:

@@ -6,9 +6,9 @@ import random
 import pytest
 import torch
 import torch.nn.functional as F
-from conftest import VOCAB_SIZE, pad_collator, tiny_bert
+from conftest import VOCAB_SIZE, pad_collator, tiny_bert, wordpiece_tokenizer
 from datasets import ClassLabel, Dataset, Features, Value
-from transformers import BertConfig, BertForMaskedLM, BertTokenizerFast
+from transformers import BertConfig, BertForMaskedLM
 
 from hf_distill import (
     DistillationArguments,
@@ -21,16 +21,11 @@ from hf_distill.teacher_cache import TEACHER_LOGITS
 
 NO_DROPOUT = dict(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
 WORDS = ["the", "a", "film", "movie", "plot", "was", "is", "very", "not", "good", "great", "fine", "bad", "dull"]
-SPECIAL = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    tokens = SPECIAL + WORDS + ["##s", "[unused0]", ","]
-    tokens += [f"##x{i}" for i in range(VOCAB_SIZE - len(tokens))]
-    path.write_text("\n".join(tokens) + "\n")
-    tok = BertTokenizerFast(vocab=str(path))
+    tok = wordpiece_tokenizer(tmp_path_factory.mktemp("vocab"), [*WORDS, "##s", "[unused0]", ","], size=VOCAB_SIZE)
     assert len(tok) == VOCAB_SIZE
     return tok
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import VOCAB_SIZE, tiny_bert
+from conftest import VOCAB_SIZE, tiny_bert, wordpiece_tokenizer
 from transformers import (
     AutoModelForSequenceClassification,
     BertConfig,
@@ -24,13 +24,6 @@ from hf_distill.data import _read_file
 SST2 = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "sst2"
 POSITIVE, NEGATIVE = ["good", "great", "fine", "fun"], ["bad", "awful", "dull", "boring"]
 WORDS = ["the", "a", "film", "movie", "plot", "acting", "was", "is", "very", "not", *POSITIVE, *NEGATIVE]
-
-
-def write_vocab(path: Path, size: int = VOCAB_SIZE) -> Path:
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]
-    tokens += [f"##x{i}" for i in range(size - len(tokens))]
-    path.write_text("\n".join(tokens) + "\n")
-    return path
 
 
 def write_rows(path: Path, rows: list[tuple[str, object]], header=("sentence", "label")) -> Path:
@@ -74,8 +67,7 @@ def fine_tuned(model, tokenizer, rows, steps=60):
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli")
-    # transformers 5 ignores `vocab_file=` (the tokenizer would know only its 5 special tokens): pass `vocab=`
-    tokenizer = BertTokenizerFast(vocab=str(write_vocab(root / "vocab.txt")))
+    tokenizer = wordpiece_tokenizer(root, WORDS, size=VOCAB_SIZE)
     assert len(tokenizer) == VOCAB_SIZE and tokenizer.tokenize("the film was good") == ["the", "film", "was", "good"]
     teacher = fine_tuned(tiny_bert(num_layers=4, seed=1), tokenizer, review_rows(48, seed=0))
     teacher.save_pretrained(root / "teacher")
@@ -316,9 +308,7 @@ def test_label_names_the_teacher_does_not_know(assets, tmp_path, capsys):
 
 
 def test_tokenizer_vocabulary_larger_than_the_student(assets, tmp_path, capsys):
-    BertTokenizerFast(vocab=str(write_vocab(tmp_path / "big.txt", size=VOCAB_SIZE + 16))).save_pretrained(
-        tmp_path / "big_tokenizer"
-    )
+    wordpiece_tokenizer(tmp_path, WORDS, size=VOCAB_SIZE + 16).save_pretrained(tmp_path / "big_tokenizer")
     err = _bad(assets, tmp_path, capsys, tokenizer_name=str(tmp_path / "big_tokenizer"))
     assert f"the tokenizer has {VOCAB_SIZE + 16} tokens" in err and f"only {VOCAB_SIZE} rows" in err
 
@@ -424,11 +414,9 @@ def test_sst2_slice_end_to_end(tmp_path, capsys):
 
     # a word-level WordPiece vocabulary of the slice, and a tiny teacher over it
     words = sorted({w for row in reference[:64] for w in row["sentence"].split()})
-    vocab = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]
-    (tmp_path / "vocab.txt").write_text("\n".join(vocab) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(tmp_path / "vocab.txt"))
+    tokenizer = wordpiece_tokenizer(tmp_path, words)
     torch.manual_seed(0)
-    config = BertConfig(vocab_size=len(vocab), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
+    config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=4, num_attention_heads=4,
                         intermediate_size=64, max_position_embeddings=128)  # fmt: skip
     BertForSequenceClassification(config).save_pretrained(tmp_path / "t")
     tokenizer.save_pretrained(tmp_path / "t")

@@ -7,8 +7,9 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import wordpiece_tokenizer
 from test_cli import run_cli, to_argv
-from transformers import BartConfig, BartForConditionalGeneration, BertTokenizerFast
+from transformers import BartConfig, BartForConditionalGeneration
 
 from hf_distill import load_training_history
 from hf_distill.tasks import SEQ2SEQ
@@ -44,8 +45,7 @@ def assets(tmp_path_factory):
     torch.set_num_threads(1)  # tiny models: one thread is faster on a shared CPU
     train, dev = sst2_rows("train", 48), sst2_rows("validation", 12)
     words = sorted({w for r in train + dev for w in r["source"].lower().split()} | set(WORDS.values()))
-    (root / "vocab.txt").write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *words]) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(root / "vocab.txt"))
+    tokenizer = wordpiece_tokenizer(root, words)
     torch.manual_seed(0)
     config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=4, decoder_layers=4,
                         encoder_attention_heads=4, decoder_attention_heads=4, encoder_ffn_dim=64, decoder_ffn_dim=64,

@@ -10,6 +10,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from conftest import wordpiece_tokenizer
 from test_cli import run_cli, to_argv
 from transformers import (
     AutoModelForCausalLM,
@@ -21,7 +22,6 @@ from transformers import (
     BertForQuestionAnswering,
     BertForSequenceClassification,
     BertForTokenClassification,
-    BertTokenizerFast,
     DataCollatorForLanguageModeling,
     GPT2Config,
     GPT2LMHeadModel,
@@ -109,10 +109,8 @@ def trained(model, batches, steps=40):
 @pytest.fixture(scope="module")
 def assets(tmp_path_factory):
     root = tmp_path_factory.mktemp("tasks")
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *PEOPLE[:3], *PLACES[:3], "ber", "##lin", *FILLER]
-    tokens += ["of", *[f"##y{i}" for i in range(VOCAB_SIZE - len(tokens) - 1)]]
-    (root / "vocab.txt").write_text("\n".join(tokens) + "\n")
-    tokenizer = BertTokenizerFast(vocab=str(root / "vocab.txt"))
+    tokens = [*PEOPLE[:3], *PLACES[:3], "ber", "##lin", *FILLER, "of"]
+    tokenizer = wordpiece_tokenizer(root, tokens, size=VOCAB_SIZE, filler="##y")
     assert len(tokenizer) == VOCAB_SIZE and tokenizer.tokenize("dora in berlin") == ["[UNK]", "in", "ber", "##lin"]
     assets = {"root": root, "tokenizer": tokenizer}
 

@@ -11,8 +11,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import wordpiece_tokenizer
 from test_cli import run_cli, to_argv
-from transformers import BertConfig, BertForMultipleChoice, BertForSequenceClassification, BertTokenizerFast
+from transformers import BertConfig, BertForMultipleChoice, BertForSequenceClassification
 
 from hf_distill import load_training_history
 
@@ -26,9 +27,7 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models o
 
 @pytest.fixture(scope="module")
 def tokenizer(tmp_path_factory):
-    path = tmp_path_factory.mktemp("vocab") / "vocab.txt"
-    path.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *PEOPLE, *PLACES, *WORDS]) + "\n")
-    return BertTokenizerFast(vocab=str(path))
+    return wordpiece_tokenizer(tmp_path_factory.mktemp("vocab"), [*PEOPLE, *PLACES, *WORDS])
 
 
 def save_teacher(root: Path, tokenizer, cls, **config) -> str:

@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 import transformers
-from conftest import pad_collator, random_rows, tiny_bert
+from conftest import pad_collator, random_rows, tiny_bert, wordpiece_tokenizer
 from datasets import Dataset
 from huggingface_hub import HfApi, ModelCard, RepoUrl
 from huggingface_hub.utils import filter_repo_objects
-from transformers import AutoModelForSequenceClassification, BertTokenizer
+from transformers import AutoModelForSequenceClassification
 
 from hf_distill import DistillationArguments, DistillationTrainer, load_distillation_config
 
@@ -49,12 +49,6 @@ class FakeHub:
         return f"https://huggingface.co/{repo_id}/commit/0"
 
 
-def _tokenizer(tmp_path) -> BertTokenizer:
-    vocab = tmp_path / "vocab.txt"
-    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"] + [f"w{i}" for i in range(59)]))
-    return BertTokenizer(str(vocab))
-
-
 def _trainer(output_dir, teacher, student, **overrides) -> DistillationTrainer:
     settings = dict(max_steps=4, per_device_train_batch_size=8, save_strategy="no", report_to="none")
     args = DistillationArguments(output_dir=str(output_dir), disable_tqdm=True, use_cpu=True, **(settings | overrides))
@@ -69,7 +63,7 @@ def test_push_to_hub_sends_exactly_the_expected_files_and_keeps_the_token_privat
 ):
     hub = FakeHub(monkeypatch)
     out = tmp_path / "out"
-    tokenizer = _tokenizer(tmp_path)
+    tokenizer = wordpiece_tokenizer(tmp_path, [f"w{i}" for i in range(59)])
     tokenizer.save_pretrained(tmp_path / "tokenizer_alone")
     tokenizer_files = {p.name for p in (tmp_path / "tokenizer_alone").iterdir()}
 

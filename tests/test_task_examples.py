@@ -18,8 +18,9 @@ import numpy as np
 import pytest
 import torch
 import transformers
+from conftest import wordpiece_tokenizer
 from PIL import Image
-from transformers import BertConfig, BertTokenizerFast, ViTConfig, ViTForImageClassification
+from transformers import BertConfig, ViTConfig, ViTForImageClassification
 from transformers.models.vit.image_processing_pil_vit import ViTImageProcessorPil
 
 from hf_distill import load_distillation_config, load_training_history
@@ -34,16 +35,9 @@ WORDS = ["the", "a", "film", "was", "is", "good", "bad", "visited", "met", "in",
 SUFFIXES = ["##s", "##er", "##ville"]  # sub-words: "parisville" is two tokens, only the first labelled
 
 
-def write_vocab(path: Path) -> Path:
-    tokens = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS, *SUFFIXES]
-    path.write_text("\n".join(tokens) + "\n")
-    return path
-
-
 def save_bert_teacher(root: Path, head: str, **config) -> tuple[Path, int]:
     """A tiny randomly initialised BERT with `head` (e.g. `BertForTokenClassification`) and its tokenizer."""
-    # transformers 5 ignores `vocab_file=` (the tokenizer would know only its 5 special tokens): pass `vocab=`
-    tokenizer = BertTokenizerFast(vocab=str(write_vocab(root / "vocab.txt")))
+    tokenizer = wordpiece_tokenizer(root, [*WORDS, *SUFFIXES])
     torch.manual_seed(0)
     config = BertConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=TEACHER_LAYERS,
                         num_attention_heads=4, intermediate_size=64, max_position_embeddings=64, **config)  # fmt: skip
@@ -231,7 +225,7 @@ def test_sentence_pair_example(tmp_path):
 def test_seq2seq_example(tmp_path):
     from transformers import BartConfig, BartForConditionalGeneration
 
-    tokenizer = BertTokenizerFast(vocab=str(write_vocab(tmp_path / "vocab.txt")))
+    tokenizer = wordpiece_tokenizer(tmp_path, [*WORDS, *SUFFIXES])
     torch.manual_seed(0)
     config = BartConfig(vocab_size=len(tokenizer), d_model=32, encoder_layers=TEACHER_LAYERS,
                         decoder_layers=TEACHER_LAYERS, encoder_attention_heads=4, decoder_attention_heads=4,
