@@ -179,10 +179,8 @@ def training_args(out: Path, steps: int, opts, seed: int, lr: float) -> dict:
     )  # fmt: skip
 
 
-def converged_teacher(opts, train, val, collator, tokenizer, data_key: str):
-    """The pretrained checkpoint fine-tuned to convergence on validation (best checkpoint), cached on disk."""
-    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
-
+def teacher_cache(opts, data_key: str) -> tuple[dict, str, Path]:
+    """The teacher's settings, their key, and the folder its fine-tuned weights are cached in."""
     scale = SCALES[opts.scale]
     settings = dict(
         scale=opts.scale, lr=scale["teacher_lr"], batch=opts.batch_size, max_length=opts.max_length,
@@ -190,7 +188,14 @@ def converged_teacher(opts, train, val, collator, tokenizer, data_key: str):
         data=data_key, quick=opts.quick, seed=0,
     )  # fmt: skip
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
-    folder = _common.CACHE_DIR / f"teacher_{opts.scale}_{key}"
+    return settings, key, _common.CACHE_DIR / f"teacher_{opts.scale}_{key}"
+
+
+def converged_teacher(opts, train, val, collator, tokenizer, data_key: str):
+    """The pretrained checkpoint fine-tuned to convergence on validation (best checkpoint), cached on disk."""
+    from transformers import EarlyStoppingCallback, Trainer, TrainingArguments
+
+    settings, key, folder = teacher_cache(opts, data_key)
     record = folder / "teacher_eval.json"
     if record.is_file():
         from transformers import AutoModelForSequenceClassification

@@ -1,0 +1,39 @@
+"""Helpers of the quality study's scripts (benchmarks/quality.py, benchmarks/teacher_signal.py), on tiny inputs."""
+
+from __future__ import annotations
+
+import math
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+from datasets import Dataset
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+import quality  # noqa: E402
+import teacher_signal  # noqa: E402
+
+
+def test_teacher_signal_against_hand_computed_values():
+    logits = torch.tensor([[math.log(9.0), 0.0], [0.0, 0.0], [0.0, math.log(3.0)]])  # p = .9/.1, .5/.5, .25/.75
+    labels = torch.tensor([0, 1, 0])
+    stats = teacher_signal.signal(logits, labels, 1.0)
+    assert stats["accuracy"] == pytest.approx(1 / 3)  # the tie's argmax is class 0: wrong for label 1
+    assert stats["p_max"] == pytest.approx((0.9 + 0.5 + 0.75) / 3)
+    entropy = [-(p * math.log2(p) + (1 - p) * math.log2(1 - p)) for p in (0.9, 0.5, 0.75)]
+    assert stats["entropy_bits"] == pytest.approx(sum(entropy) / 3)
+    assert stats["near_one_hot"] == 0
+    assert stats["kl_to_label_bits"] == pytest.approx((-math.log2(0.9) + 1 - math.log2(0.25)) / 3)
+    softer = teacher_signal.signal(logits, labels, 2.0)  # T = 2: sqrt of the odds
+    assert softer["p_max"] == pytest.approx((0.75 + 0.5 + math.sqrt(3) / (1 + math.sqrt(3))) / 3)
+
+
+def test_student_rows_is_a_fixed_sorted_sample():
+    train = Dataset.from_dict({"i": list(range(100))})
+    assert quality.student_rows(train, 1.0) is train
+    sample = quality.student_rows(train, 0.25)["i"]
+    assert len(sample) == 25 and sample == sorted(sample) and len(set(sample)) == 25
+    assert quality.student_rows(train, 0.25)["i"] == sample  # the same for every arm and seed
+    with pytest.raises(SystemExit, match="--student-rows"):
+        quality.student_rows(train, 1.5)
