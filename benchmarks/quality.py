@@ -401,6 +401,25 @@ def summarise(runs: list[dict], teacher_acc: float) -> tuple[list[dict], str | N
     return rows, baseline
 
 
+def along_curve(runs: list[dict], baseline: str | None, teacher_acc: float) -> dict[str, list[dict]]:
+    """Per distillation arm, at each evaluation step of the curves: the paired difference to the baseline (mean over
+    the seeds both ran) and the gap closed there. How the gain moves with the steps taken, within one schedule."""
+    curves = {(r["arm"], r["seed"]): dict(r["curve"]) for r in runs}
+    table: dict[str, list[dict]] = {}
+    for arm in sorted({r["arm"] for r in runs if r["kind"] != "ce"}):
+        seeds = [seed for a, seed in curves if a == arm and (baseline, seed) in curves]
+        steps = sorted(set.intersection(*(set(curves[arm, s]) & set(curves[baseline, s]) for s in seeds))) if seeds \
+            else []  # fmt: skip
+        for step in steps:
+            diffs = [curves[arm, s][step] - curves[baseline, s][step] for s in seeds]
+            ce = statistics.mean(curves[baseline, s][step] for s in seeds)
+            table.setdefault(arm, []).append({
+                "step": step, "seeds": len(seeds), "diff": statistics.mean(diffs), "ce": ce,
+                "gap_closed": statistics.mean(diffs) / (teacher_acc - ce) if teacher_acc > ce else math.nan,
+            })  # fmt: skip
+    return table
+
+
 def print_summary(rows: list[dict], baseline: str | None, teacher_acc: float) -> None:
     print(f"\nteacher {100 * teacher_acc:.2f}%; baseline (best CE-only learning rate): {baseline}")
     print(f"{'arm':<20} {'n':>2} {'accuracy %':>14} {'retention':>9} {'gap closed':>10} {'vs CE (paired)':>18} "
@@ -469,7 +488,12 @@ def main(argv: list[str] | None = None) -> None:
         main_arms = [baseline, "seed", "kd_alone", "two_stage", "recommended", *[a for a in ARMS if "augment" in a]]
         plot_curves(runs, [a for a in main_arms if a], meta["teacher"]["val_accuracy"],
                     _common.RESULTS_DIR / f"{opts.results}_curves.png")  # fmt: skip
-        _common.write_results(opts.results + "_summary", {"meta": meta, "summary": rows, "baseline": baseline})
+        curve_gains = along_curve(runs, baseline, meta["teacher"]["val_accuracy"])
+        for arm, points in curve_gains.items():
+            print(f"{arm} vs {baseline} along the curve (step: paired diff, gap closed): " + ", ".join(
+                f"{p['step']}: {100 * p['diff']:+.2f} ({100 * p['gap_closed']:.0f}%)" for p in points))  # fmt: skip
+        _common.write_results(opts.results + "_summary", {"meta": meta, "summary": rows, "baseline": baseline,
+                                                          "along_curve": curve_gains})  # fmt: skip
         return
 
     info = _common.machine_info()
