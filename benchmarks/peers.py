@@ -109,6 +109,7 @@ def bart(layers: int, opts, seed: int):
     return BartForConditionalGeneration(config)
 
 
+TASKS = {"causal-lm": gpt2, "masked-lm": bert_mlm, "seq2seq": bart}  # the models, 4 -> 2 layers
 MASK_ID = 4  # the masked-LM batches' [MASK]: any id works for random weights
 
 
@@ -311,9 +312,6 @@ def main(argv: list[str] | None = None) -> None:
     print("loss of the first (untimed) step: " + ", ".join(f"{n} {v:.5f}" for n, v in losses.items()))
     _common.write_results(opts.output, {"machine": info, "options": vars(opts), "rows": rows, "skipped": skipped,
                                         "round_seconds": times, "first_step_loss": losses})  # fmt: skip
-
-
-TASKS = {"causal-lm": gpt2, "masked-lm": bert_mlm, "seq2seq": bart}  # the models, 4 -> 2 layers
 
 
 if __name__ == "__main__":

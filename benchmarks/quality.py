@@ -318,7 +318,7 @@ def run_arm(name: str, seed: int, teacher, data: dict, opts) -> dict:
     steps = data["steps"]
     train = data["train"]
     if arm.get("augment"):
-        if data["sampled"]:
+        if opts.student_rows < 1:
             sys.exit(f"arm {name}: the transfer set is built from the whole training set; drop --student-rows")
         train = transfer_set(data["train"], data["tokenizer"], teacher, arm["augment"], opts, data["key"])
     # (fraction of the steps, settings or None for CE only) per stage
@@ -337,6 +337,7 @@ def run_arm(name: str, seed: int, teacher, data: dict, opts) -> dict:
         "arm": name, "kind": arm["kind"], "seed": seed, "steps": steps, "accuracy": curve[-1][1], "curve": curve,
         "seconds": time.perf_counter() - started, "lr": arm["lr"], "settings": arm.get("settings"),
         "stages": arm.get("stages"), "augment": arm.get("augment", 0), "train_rows": len(train),
+        "student_rows": opts.student_rows,
     }  # fmt: skip
 
 
@@ -356,7 +357,11 @@ def planned_runs(opts) -> list[tuple[str, int]]:
 def next_run(opts, results: Path, steps: int) -> tuple[str, int] | None:
     """The first planned run not yet in the results file; with `--follow`, wait for the plan to grow."""
     while True:
-        done = {(r["arm"], r["seed"]) for r in load_runs(results) if r["steps"] == steps}
+        done = {
+            (r["arm"], r["seed"])
+            for r in load_runs(results)
+            if r["steps"] == steps and r.get("student_rows", 1.0) == opts.student_rows
+        }  # same budget, same rows
         todo = [pair for pair in planned_runs(opts) if pair not in done]
         if todo or not opts.follow:
             return todo[0] if todo else None
@@ -408,14 +413,14 @@ def along_curve(runs: list[dict], baseline: str | None, teacher_acc: float) -> d
     table: dict[str, list[dict]] = {}
     for arm in sorted({r["arm"] for r in runs if r["kind"] != "ce"}):
         seeds = [seed for a, seed in curves if a == arm and (baseline, seed) in curves]
-        steps = sorted(set.intersection(*(set(curves[arm, s]) & set(curves[baseline, s]) for s in seeds))) if seeds \
-            else []  # fmt: skip
-        for step in steps:
-            diffs = [curves[arm, s][step] - curves[baseline, s][step] for s in seeds]
+        if not seeds:
+            continue
+        for step in sorted(set.intersection(*(set(curves[arm, s]) & set(curves[baseline, s]) for s in seeds))):
+            diff = statistics.mean(curves[arm, s][step] - curves[baseline, s][step] for s in seeds)
             ce = statistics.mean(curves[baseline, s][step] for s in seeds)
             table.setdefault(arm, []).append({
-                "step": step, "seeds": len(seeds), "diff": statistics.mean(diffs), "ce": ce,
-                "gap_closed": statistics.mean(diffs) / (teacher_acc - ce) if teacher_acc > ce else math.nan,
+                "step": step, "seeds": len(seeds), "diff": diff, "ce": ce,
+                "gap_closed": diff / (teacher_acc - ce) if teacher_acc > ce else math.nan,
             })  # fmt: skip
     return table
 
@@ -524,7 +529,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"teacher {teacher_info['val_accuracy']:.4f}, student before training {meta['student_before']:.4f}, "
           f"{steps} steps per run", flush=True)  # fmt: skip
     data = {"train": student_train, "val": val, "collator": collator, "tokenizer": tokenizer, "steps": steps,
-            "key": data_key, "sampled": opts.student_rows < 1}  # fmt: skip
+            "key": data_key}  # fmt: skip
     while (todo := next_run(opts, results, steps)) is not None:
         arm, seed = todo
         run = run_arm(arm, seed, teacher, data, opts)

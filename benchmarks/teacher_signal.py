@@ -20,6 +20,7 @@ Commands (repository root; pass the teacher options the study used, e.g. `--teac
 
 from __future__ import annotations
 
+import argparse
 import math
 import sys
 from pathlib import Path
@@ -55,12 +56,10 @@ def teacher_logits(teacher, dataset, collator, batch_size: int = 128) -> tuple[t
 
 
 def main(argv: list[str] | None = None) -> None:
-    argv = sys.argv[1:] if argv is None else argv
-    rows = 2000
-    if "--rows" in argv:  # ours; the rest are quality.py's options, to find its teacher
-        index = argv.index("--rows")
-        rows, argv = int(argv[index + 1]), argv[:index] + argv[index + 2 :]
-    opts = quality.parse_args(argv)
+    own = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], add_help=False)
+    own.add_argument("--rows", type=int, default=2000, help="training rows to score")
+    mine, rest = own.parse_known_args(argv)  # the rest are quality.py's options, to find its teacher
+    opts, rows = quality.parse_args(rest), mine.rows
     if opts.threads:
         torch.set_num_threads(opts.threads)
     sst2 = _common.require_sst2()
