@@ -57,6 +57,9 @@ MPNET_DIR = Path.home() / ".cache" / "all-mpnet-base-v2" / "all-mpnet-base-v2"
 KD_LR = 1e-4
 ARMS: dict[str, dict[str, Any]] = {
     **{f"ce_lr{name}": dict(kind="ce", lr=float(name)) for name in ("3e-5", "5e-5", "1e-4", "2e-4")},
+    # A control, not a baseline: cross-entropy against labels smoothed by 0.1. On two classes the teacher's softened
+    # targets differ from the labels mostly by a per-row confidence, so this asks whether KD's gain is only that.
+    "ls0.1_lr2e-4": dict(kind="ce", lr=2e-4, label_smoothing=0.1),
     "seed": dict(kind="kd", lr=KD_LR, settings=dict(recipe="seed")),
     "recommended": dict(kind="kd", lr=KD_LR, settings=dict(recipe="recommended")),
     # The seed's weights without its attention term, for teachers whose attention cannot be recorded (MPNet).
@@ -170,9 +173,10 @@ def curve_callback(val, collator, every: int, curve: list):
     return Curve()
 
 
-def training_args(out: Path, steps: int, opts, seed: int, lr: float) -> dict:
+def training_args(out: Path, steps: int, opts, seed: int, arm: dict) -> dict:
     return dict(
-        output_dir=str(out), max_steps=steps, per_device_train_batch_size=opts.batch_size, learning_rate=lr,
+        output_dir=str(out), max_steps=steps, per_device_train_batch_size=opts.batch_size, learning_rate=arm["lr"],
+        label_smoothing_factor=arm.get("label_smoothing", 0.0),
         warmup_steps=0.06, lr_scheduler_type="linear", weight_decay=0.01, logging_steps=max(1, steps // 16),
         save_strategy="no", report_to=[], disable_tqdm=True, seed=seed, data_seed=seed,
         use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
@@ -297,7 +301,7 @@ def make_trainer(student, teacher, arm: dict, settings: dict | None, steps: int,
 
     from hf_distill import DistillationArguments, DistillationTrainer
 
-    common = training_args(_common.CACHE_DIR / "tmp_student", steps, opts, seed, arm["lr"])
+    common = training_args(_common.CACHE_DIR / "tmp_student", steps, opts, seed, arm)
     if settings is None:
         args = TrainingArguments(**common)
         return Trainer(model=student, args=args, train_dataset=train, data_collator=data["collator"],
@@ -337,6 +341,7 @@ def run_arm(name: str, seed: int, teacher, data: dict, opts) -> dict:
         "arm": name, "kind": arm["kind"], "seed": seed, "steps": steps, "accuracy": curve[-1][1], "curve": curve,
         "seconds": time.perf_counter() - started, "lr": arm["lr"], "settings": arm.get("settings"),
         "stages": arm.get("stages"), "augment": arm.get("augment", 0), "train_rows": len(train),
+        "label_smoothing": arm.get("label_smoothing", 0.0),
         "student_rows": opts.student_rows,
     }  # fmt: skip
 

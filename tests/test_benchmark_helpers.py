@@ -37,3 +37,16 @@ def test_student_rows_is_a_fixed_sorted_sample():
     assert quality.student_rows(train, 0.25)["i"] == sample  # the same for every arm and seed
     with pytest.raises(SystemExit, match="--student-rows"):
         quality.student_rows(train, 1.5)
+
+
+def test_label_smoothing_arm_is_a_control_not_the_baseline(tmp_path):
+    opts = quality.parse_args(["--arms", "ce_lr2e-4"])
+    assert quality.training_args(tmp_path, 5, opts, 0, quality.ARMS["ls0.1_lr2e-4"])["label_smoothing_factor"] == 0.1
+    assert quality.training_args(tmp_path, 5, opts, 0, quality.ARMS["ce_lr2e-4"])["label_smoothing_factor"] == 0.0
+    runs = [
+        {"arm": "ce_lr2e-4", "kind": "ce", "seed": 0, "accuracy": 0.80, "seconds": 1.0, "curve": [[5, 0.80]]},
+        {"arm": "ls0.1_lr2e-4", "kind": "ce", "seed": 0, "accuracy": 0.90, "seconds": 1.0, "curve": [[5, 0.90]]},
+    ]
+    rows, baseline = quality.summarise(runs, teacher_acc=0.95)
+    assert baseline == "ce_lr2e-4"  # better, but not the plain Trainer's cross-entropy
+    assert {r["arm"]: r["diff"] for r in rows}["ls0.1_lr2e-4"] == pytest.approx(0.10)
