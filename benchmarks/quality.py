@@ -383,7 +383,7 @@ def load_runs(path: Path) -> list[dict]:
 
 
 def summarise(runs: list[dict], teacher_acc: float) -> tuple[list[dict], str | None]:
-    """Per arm: mean +- std, retention, gap closed, paired difference to the best CE-only arm (+- its s.e.)."""
+    """Per arm: mean +- std, retention, gap closed and the paired difference (+- its s.e.) to the best CE-only arm."""
     by_arm: dict[str, dict[int, float]] = {}
     seconds: dict[str, list[float]] = {}
     for run in runs:
@@ -398,16 +398,19 @@ def summarise(runs: list[dict], teacher_acc: float) -> tuple[list[dict], str | N
         values = list(accs.values())
         mean = statistics.mean(values)
         paired = [accs[s] - ce[s] for s in accs if s in ce]
+        # Gap closed against CE on the seeds this arm ran (an arm run at one seed is compared with that seed's CE).
+        ce_same = statistics.mean(ce[s] for s in accs if s in ce) if paired else ce_mean
+        gain = statistics.mean(paired) if paired else mean - ce_mean
         row = {
             "arm": arm, "n": len(values), "mean": mean, "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "retention": mean / teacher_acc,
-            "gap_closed": (mean - ce_mean) / (teacher_acc - ce_mean) if teacher_acc > ce_mean else math.nan,
+            "gap_closed": gain / (teacher_acc - ce_same) if teacher_acc > ce_same else math.nan,
             "diff": statistics.mean(paired) if paired else math.nan,
             "diff_se": statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) > 1 else math.nan,
             "minutes": statistics.mean(seconds[arm]) / 60,
         }  # fmt: skip
         rows.append(row)
-    rows.sort(key=lambda r: -r["mean"])
+    rows.sort(key=lambda r: -r["diff"] if not math.isnan(r["diff"]) else math.inf)  # paired gain: fair across seeds
     return rows, baseline
 
 

@@ -50,3 +50,17 @@ def test_label_smoothing_arm_is_a_control_not_the_baseline(tmp_path):
     rows, baseline = quality.summarise(runs, teacher_acc=0.95)
     assert baseline == "ce_lr2e-4"  # better, but not the plain Trainer's cross-entropy
     assert {r["arm"]: r["diff"] for r in rows}["ls0.1_lr2e-4"] == pytest.approx(0.10)
+
+
+def test_gap_closed_compares_an_arm_with_ce_on_the_same_seeds():
+    def run(arm, seed, acc):
+        return {"arm": arm, "kind": "kd", "seed": seed, "accuracy": acc, "seconds": 60.0, "curve": [[5, acc]]}
+
+    runs = [run("ce_lr2e-4", 0, 0.86), run("ce_lr2e-4", 1, 0.82), run("ce_lr2e-4", 2, 0.84), run("kd_one_seed", 0, 0.87)]
+    rows, baseline = quality.summarise(runs, teacher_acc=0.90)
+    row = {r["arm"]: r for r in rows}["kd_one_seed"]
+    # Seed 0's CE scored 0.86: the arm closed 0.01 of that seed's 0.04 gap, not 0.03 of the 3-seed mean's 0.06.
+    assert baseline == "ce_lr2e-4"
+    assert row["diff"] == pytest.approx(0.01) and row["gap_closed"] == pytest.approx(0.25)
+    assert math.isnan(row["diff_se"]) and row["retention"] == pytest.approx(0.87 / 0.90)
+    assert {r["arm"]: r for r in rows}["ce_lr2e-4"]["gap_closed"] == pytest.approx(0.0)
