@@ -398,14 +398,15 @@ def summarise(runs: list[dict], teacher_acc: float) -> tuple[list[dict], str | N
         values = list(accs.values())
         mean = statistics.mean(values)
         paired = [accs[s] - ce[s] for s in accs if s in ce]
+        diff = statistics.mean(paired) if paired else math.nan
         # Gap closed against CE on the seeds this arm ran (an arm run at one seed is compared with that seed's CE).
         ce_same = statistics.mean(ce[s] for s in accs if s in ce) if paired else ce_mean
-        gain = statistics.mean(paired) if paired else mean - ce_mean
+        gain = diff if paired else mean - ce_mean
         row = {
             "arm": arm, "n": len(values), "mean": mean, "std": statistics.stdev(values) if len(values) > 1 else 0.0,
             "retention": mean / teacher_acc,
             "gap_closed": gain / (teacher_acc - ce_same) if teacher_acc > ce_same else math.nan,
-            "diff": statistics.mean(paired) if paired else math.nan,
+            "diff": diff,
             "diff_se": statistics.stdev(paired) / math.sqrt(len(paired)) if len(paired) > 1 else math.nan,
             "minutes": statistics.mean(seconds[arm]) / 60,
         }  # fmt: skip

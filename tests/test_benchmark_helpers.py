@@ -56,7 +56,8 @@ def test_gap_closed_compares_an_arm_with_ce_on_the_same_seeds():
     def run(arm, seed, acc):
         return {"arm": arm, "kind": "kd", "seed": seed, "accuracy": acc, "seconds": 60.0, "curve": [[5, acc]]}
 
-    runs = [run("ce_lr2e-4", 0, 0.86), run("ce_lr2e-4", 1, 0.82), run("ce_lr2e-4", 2, 0.84), run("kd_one_seed", 0, 0.87)]
+    runs = [run("ce_lr2e-4", 0, 0.86), run("ce_lr2e-4", 1, 0.82), run("ce_lr2e-4", 2, 0.84)]
+    runs += [run("kd_one_seed", 0, 0.87), run("kd_seed_one", 1, 0.835)]  # lower mean, higher paired gain (+0.015)
     rows, baseline = quality.summarise(runs, teacher_acc=0.90)
     row = {r["arm"]: r for r in rows}["kd_one_seed"]
     # Seed 0's CE scored 0.86: the arm closed 0.01 of that seed's 0.04 gap, not 0.03 of the 3-seed mean's 0.06.
@@ -64,3 +65,4 @@ def test_gap_closed_compares_an_arm_with_ce_on_the_same_seeds():
     assert row["diff"] == pytest.approx(0.01) and row["gap_closed"] == pytest.approx(0.25)
     assert math.isnan(row["diff_se"]) and row["retention"] == pytest.approx(0.87 / 0.90)
     assert {r["arm"]: r for r in rows}["ce_lr2e-4"]["gap_closed"] == pytest.approx(0.0)
+    assert [r["arm"] for r in rows] == ["kd_seed_one", "kd_one_seed", "ce_lr2e-4"]  # by paired gain, not by mean
