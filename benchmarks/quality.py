@@ -62,7 +62,7 @@ ARMS: dict[str, dict[str, Any]] = {
     "ls0.1_lr2e-4": dict(kind="ce", lr=2e-4, label_smoothing=0.1),
     "seed": dict(kind="kd", lr=KD_LR, settings=dict(recipe="seed")),
     "recommended": dict(kind="kd", lr=KD_LR, settings=dict(recipe="recommended")),
-    # The seed's weights without its attention term, for teachers whose attention cannot be recorded (MPNet).
+    # The seed's weights without its attention term (MPNet's attention was refused until it was recorded by hooks).
     "seed_logits": dict(kind="kd", lr=KD_LR, settings=dict(recipe="seed", gamma=0.0)),
     "kd_alone": dict(kind="kd", lr=KD_LR, settings=dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0)),
     **{

@@ -8,12 +8,15 @@ keeps those inputs for the mapped layers only and computes the output with the s
 rebuilt afterwards in float32 exactly as eager attention would (`softmax(q k^T * scaling + bias + mask)`), so memory
 grows with the number of mapped layers, not with the model's depth, and `output_attentions` is never needed.
 
-Models whose attention does not go through the interface (DeBERTa-v2, MPNet: relative position attention computed
-in their own code) are refused when the recorder is built.
+MPNet computes its relative-position attention in its own code, outside the interface: its mapped layers are
+recorded with forward hooks instead (the attention module's mask and position bias, the outputs of its q/k/v
+projections), which feed the same rebuild. Other models whose attention does not go through the interface
+(DeBERTa-v2: disentangled content/position attention) are refused when the recorder is built.
 """
 
 from __future__ import annotations
 
+import inspect
 import sys
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -61,16 +64,29 @@ class _Call:
     causal: bool  # sdpa's own `is_causal`: applies only when no mask was given
 
 
+def _own_code_attention(layer: nn.Module) -> nn.Module | None:
+    """The self-attention module of `layer` when it is one whose code the hooks below know (MPNet's), else `None`."""
+    for module in layer.modules():
+        if type(module).__name__ == "MPNetSelfAttention" and all(
+            isinstance(getattr(module, name, None), nn.Linear) for name in ("q", "k", "v")
+        ):
+            return module
+    return None
+
+
 def check_attention_interface(model: nn.Module) -> None:
-    """Raise unless `model`'s layers run their attention through transformers' attention interface."""
+    """Raise unless `model`'s layers run their attention through transformers' attention interface (or through
+    attention code the recorder hooks: MPNet's)."""
     layer = find_layers(model)[0]
+    if _own_code_attention(layer) is not None:
+        return
     # The class's own module, or a base's: FSDP2 swaps each sharded module's class for a subclass of its own.
     if any(hasattr(sys.modules.get(cls.__module__), "ALL_ATTENTION_FUNCTIONS") for cls in type(layer).__mro__):
         return
     config = getattr(model, "config", None)
     relative = (
         getattr(config, "relative_attention", False)  # DeBERTa(-v2): disentangled content/position attention
-        or getattr(config, "relative_attention_num_buckets", None) is not None  # MPNet: relative position bias
+        or getattr(config, "relative_attention_num_buckets", None) is not None  # relative position bias buckets
         or str(getattr(config, "position_embedding_type", "")).startswith("relative")
     )
     reason = f"computes {'relative position' if relative else 'its'} attention in its own code"
@@ -95,6 +111,9 @@ class _InterfaceRecorder:
         layers = find_layers(model)
         # Every submodule of a mapped layer: the interface is called with the attention module, found by identity.
         self._modules = [list(layers[i].modules()) for i in self.layer_indices]
+        # MPNet: each mapped layer's own attention module, recorded by hooks rather than through the interface.
+        own_code = [_own_code_attention(layers[i]) for i in self.layer_indices]
+        self._hooked = own_code if all(m is not None for m in own_code) else None
         self._calls: dict[int, _Call] = {}
         # Every config the model's modules read the implementation from (T5's stacks hold copies of the model's).
         configs = (getattr(module, "config", None) for module in model.modules())
@@ -120,6 +139,10 @@ class _InterfaceRecorder:
         """Record the mapped layers during the forward passes run inside this block (the model's attention runs
         through `sdpa` meanwhile, whatever its configured implementation)."""
         self._calls.clear()
+        if self._hooked is not None:
+            with self._hooks():
+                yield self
+            return
         captures = [(id(m), self._capture(slot)) for slot, modules in enumerate(self._modules) for m in modules]
         with ExitStack() as stack:
             for config in self._configs:
@@ -133,6 +156,43 @@ class _InterfaceRecorder:
                     _CAPTURES[key].remove(capture)
                     if not _CAPTURES[key]:
                         del _CAPTURES[key]
+
+    @contextmanager
+    def _hooks(self) -> Iterator[None]:
+        """Record MPNet-style attention modules: `softmax(q k^T / sqrt(d) + position_bias + mask)`, no dropout yet."""
+        handles = []
+        for slot, attention in enumerate(self._hooked):
+            pending: dict[str, Any] = {}
+
+            def before(module, args, kwargs, slot=slot, pending=pending) -> None:
+                bound = inspect.signature(module.forward).bind(*args, **kwargs).arguments
+                pending.clear()
+                pending.update(mask=bound.get("attention_mask"), position_bias=bound.get("position_bias"))
+
+            def projected(name: str, slot=slot, pending=pending, attention=attention) -> Callable:
+                def hook(linear, args, output) -> None:
+                    if slot in self._calls or "mask" not in pending:
+                        return
+                    batch, length = output.shape[:2]
+                    heads = attention.num_attention_heads
+                    pending[name] = output.view(batch, length, heads, -1).transpose(1, 2)  # (B, H, T, D)
+                    if name == "value":
+                        value = pending["value"] if self.keeps_values else None
+                        scaling = attention.attention_head_size**-0.5
+                        self._calls[slot] = _Call(pending["query"], pending["key"], value, pending["mask"],
+                                                  pending["position_bias"], scaling, causal=False)  # fmt: skip
+                        pending.clear()
+
+                return hook
+
+            handles.append(attention.register_forward_pre_hook(before, with_kwargs=True))
+            for name, linear in (("query", attention.q), ("key", attention.k), ("value", attention.v)):
+                handles.append(linear.register_forward_hook(projected(name)))
+        try:
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
 
     def _take_calls(self) -> list[_Call]:
         missing = [self.layer_indices[s] for s in range(len(self.layer_indices)) if s not in self._calls]
@@ -210,7 +270,7 @@ class AttentionRecorder(_InterfaceRecorder):
         # Scale q (B, H, T, D) rather than the scores (B, H, T, S), and change the scores in place: matmul's backward
         # needs q and k, not its output, so one map less is alive at the peak.
         scores = torch.matmul(query.float() * call.scaling, key.float().transpose(-1, -2))  # (B, H, T, S)
-        if call.position_bias is not None:  # T5's relative position bias
+        if call.position_bias is not None:  # T5's and MPNet's relative position bias
             scores = scores + call.position_bias.float()
         minimum = torch.finfo(scores.dtype).min
         if call.mask is not None:

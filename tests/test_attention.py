@@ -124,29 +124,72 @@ def test_missing_forward_raises_instead_of_returning_nothing():
         recorder.attention_maps()
 
 
-@pytest.mark.parametrize(
-    "build",
-    [
-        lambda: DebertaV2ForSequenceClassification(
-            DebertaV2Config(
-                hidden_size=32,
-                num_hidden_layers=2,
-                num_attention_heads=4,
-                intermediate_size=64,
-                relative_attention=True,
-                pos_att_type=["c2p", "p2c"],
-                **COMMON,
-            )  # fmt: skip
-        ),
-        lambda: MPNetForSequenceClassification(
-            MPNetConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64, **COMMON)
-        ),
-    ],
-    ids=["deberta-v2", "mpnet"],
-)
-def test_relative_position_models_outside_the_interface_are_refused_with_the_true_reason(build):
+def test_relative_position_models_outside_the_interface_are_refused_with_the_true_reason():
+    # DeBERTa-v2's disentangled attention adds content-to-position terms no q/k rebuild can reproduce.
+    model = DebertaV2ForSequenceClassification(
+        DebertaV2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        relative_attention=True, pos_att_type=["c2p", "p2c"], **COMMON)  # fmt: skip
+    )
     with pytest.raises(ValueError, match="computes relative position attention in its own code.*gamma=0"):
-        AttentionRecorder(build(), [0])
+        AttentionRecorder(model, [0])
+
+
+def _mpnet(layers: int = 3, **dropout):
+    config = MPNetConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64,
+                         **dropout, **COMMON)  # fmt: skip
+    return MPNetForSequenceClassification(config)
+
+
+def test_mpnet_maps_include_its_relative_position_bias_and_equal_its_own_maps():
+    # MPNet's attention runs in its own code (relative position bias added to the scores): recorded by hooks.
+    torch.manual_seed(0)
+    model = _mpnet().eval()
+    input_ids, attention_mask = _batch()
+    recorded, eager = recorded_and_eager_maps(model, [0, 2], input_ids=input_ids, attention_mask=attention_mask)
+    for got, want in zip(recorded, (eager[0], eager[2])):
+        assert got.shape == want.shape == (2, 4, 6, 6)
+        torch.testing.assert_close(got, want.float(), atol=1e-5, rtol=1e-4)
+    assert torch.all(recorded[0][1, :, :, 3:] == 0)  # padded keys
+    # The bias matters: without it the same queries and keys give other maps.
+    attention = model.mpnet.encoder.layer[0].attention.attn
+    with torch.no_grad():
+        x = model.mpnet.embeddings(input_ids=input_ids)
+        q = attention.q(x).view(2, 6, 4, 8).transpose(1, 2)
+        k = attention.k(x).view(2, 6, 4, 8).transpose(1, 2)
+    no_bias = (q @ k.transpose(-1, -2) / 8**0.5)[0].softmax(-1)
+    assert (no_bias - recorded[0][0]).abs().max() > 1e-3
+
+
+def test_mpnet_maps_are_pre_dropout_and_keep_their_gradient():
+    torch.manual_seed(0)
+    model = _mpnet(2, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5).train()
+    input_ids, attention_mask = _batch()
+    recorder = AttentionRecorder(model, [0, 1])
+    with recorder.recording():
+        model(input_ids=input_ids, attention_mask=attention_mask)
+    maps = recorder.attention_maps()
+    for layer_map in maps:  # dropout would zero entries and rescale rows to sum != 1
+        torch.testing.assert_close(layer_map.sum(-1), torch.ones_like(layer_map.sum(-1)))
+    maps[1].square().sum().backward()  # a student's attention term reaches its query and key weights
+    layer = model.mpnet.encoder.layer[1].attention.attn
+    assert layer.q.weight.grad.abs().sum() > 0 and layer.k.weight.grad.abs().sum() > 0
+
+
+def test_mpnet_relation_states_are_its_projections():
+    from hf_distill.attention import ProjectionRecorder
+
+    torch.manual_seed(0)
+    model = _mpnet().eval()
+    input_ids, attention_mask = _batch()
+    recorder = ProjectionRecorder(model, 1)
+    with recorder.recording(), torch.no_grad():
+        states = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True).hidden_states[1]
+    got = recorder.projections()
+    assert recorder.causal is False
+    attention = model.mpnet.encoder.layer[1].attention.attn
+    with torch.no_grad():
+        for name, linear in (("query", attention.q), ("key", attention.k), ("value", attention.v)):
+            torch.testing.assert_close(got[name], linear(states))
 
 
 def test_nothing_is_recorded_outside_recording_and_the_kernel_is_restored():

@@ -113,18 +113,19 @@ def test_token_ids_past_the_vocabulary_refused(tmp_path):
 
 
 def test_gamma_on_relative_position_attention_refused_with_the_true_reason(tmp_path):
-    # MPNet adds a relative position bias in its own attention code, outside transformers' attention interface.
-    from transformers import MPNetConfig, MPNetForSequenceClassification
+    # DeBERTa-v2 computes disentangled (relative position) attention in its own code, outside the attention interface.
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
-    def mpnet(seed):
+    def deberta(seed):
         torch.manual_seed(seed)
-        config = MPNetConfig(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
-                             intermediate_size=37, max_position_embeddings=64, num_labels=2)  # fmt: skip
-        return MPNetForSequenceClassification(config)
+        config = DebertaV2Config(vocab_size=VOCAB_SIZE, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                                 intermediate_size=37, max_position_embeddings=64, num_labels=2,
+                                 relative_attention=True, pos_att_type=["c2p", "p2c"])  # fmt: skip
+        return DebertaV2ForSequenceClassification(config)
 
     with pytest.raises(ValueError, match="computes relative position attention in its own code.*gamma=0"):
-        make_trainer(tmp_path, student=mpnet(0), teacher=mpnet(1), gamma=0.4)
-    make_trainer(tmp_path, student=mpnet(0), teacher=mpnet(1), gamma=0.0)  # logits need no maps: fine
+        make_trainer(tmp_path, student=deberta(0), teacher=deberta(1), gamma=0.4)
+    make_trainer(tmp_path, student=deberta(0), teacher=deberta(1), gamma=0.0)  # logits need no maps: fine
 
 
 # ---- datasets ----------------------------------------------------------------------------------------------

@@ -145,26 +145,28 @@ def test_library_resumes_from_the_checkpoint_before_a_cut_save(tmp_path, monkeyp
 
 
 def test_refused_term_names_its_settings_and_the_command_turns_them_into_flags(tmp_path):
-    from transformers import MPNetConfig, MPNetForSequenceClassification
+    from transformers import DebertaV2Config, DebertaV2ForSequenceClassification
 
     from hf_distill import DistillationArguments
     from hf_distill.command.workflow import _trainer
     from hf_distill.tasks import SEQUENCE_CLASSIFICATION
 
-    def mpnet(layers: int) -> MPNetForSequenceClassification:  # its relative attention cannot be recorded
-        config = MPNetConfig(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64,
-                             vocab_size=64, max_position_embeddings=40, num_labels=2)  # fmt: skip
-        return MPNetForSequenceClassification(config)
+    def deberta(layers: int) -> DebertaV2ForSequenceClassification:  # its relative attention cannot be recorded
+        config = DebertaV2Config(hidden_size=32, num_hidden_layers=layers, num_attention_heads=4, intermediate_size=64,
+                                 vocab_size=64, max_position_embeddings=40, num_labels=2, relative_attention=True,
+                                 pos_att_type=["c2p", "p2c"])  # fmt: skip
+        return DebertaV2ForSequenceClassification(config)
 
     args = DistillationArguments(output_dir=str(tmp_path), gamma=0.4, relation_weight=0.0, report_to="none")
     with pytest.raises(DistillationSettingError, match="relative position attention") as info:
-        DistillationTrainer(model=mpnet(1), teacher_model=mpnet(2), args=args)
+        DistillationTrainer(model=deberta(1), teacher_model=deberta(2), args=args)
     assert info.value.settings == ("gamma", "relation_weight") and info.value.setting == "gamma"
 
     class Data:  # what `_trainer` reads of the prepared data and the metrics
         train = evaluation = collator = preprocess = None
 
     with pytest.raises(DistillationSettingError) as info:
-        _trainer(DistillationTrainer, SEQUENCE_CLASSIFICATION, mpnet(1), mpnet(2), args, Data(), None, metrics=Data())
+        student, teacher = deberta(1), deberta(2)
+        _trainer(DistillationTrainer, SEQUENCE_CLASSIFICATION, student, teacher, args, Data(), None, metrics=Data())
     message = str(info.value)
     assert "On the command line add --gamma 0 (" in message and "--relation_weight" not in message  # only what is on
