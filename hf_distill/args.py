@@ -48,7 +48,8 @@ class DistillationArguments(TrainingArguments):
 
     Parameters:
         recipe (`str`, *optional*):
-            A recipe (`recommended`, the best setting of our quality study; `seed`, the lab notebook's; the
+            A recipe (`recommended`, the best setting of our quality study: MiniLM's attention and value-relation
+            KL with soft targets at T=1; `logits`, its best from the logits alone; `seed`, the lab notebook's; the
             published `hinton`, `distilbert`, `tinybert`, `minilm`, `minilmv2`; see `hf_distill.recipes`) that
             fills every loss setting below left unset; explicit values win. The defaults below (the `seed`
             recipe's) apply where neither sets a value. The `hf-distill` command defaults to `recommended`.
@@ -358,16 +359,21 @@ class DistillationArguments(TrainingArguments):
             raise ValueError(
                 f"`teacher_dtype` must be one of {', '.join(TEACHER_DTYPES)} (or unset), got {self.teacher_dtype!r}."
             )
+        needing = []  # (weight, value, what of the teacher it needs) per active term that needs more than logits
         for term in terms.active_terms(self.setting) if self.teacher_cache_dir is not None else ():
             needs = term.needs_for(self.setting)
             internals = " and ".join(dict.fromkeys(v for k, v in terms.TEACHER_INTERNALS.items() if k in needs))
             if internals:
-                name = term.weight
-                raise ValueError(
-                    f"`teacher_cache_dir` caches the teacher's logits only, but {name}={self.setting(name)} needs "
-                    f"the teacher's {internals} at every step, so the teacher would run anyway and the cache would "
-                    f"save nothing. Set {name}=0 to use the cache, or leave teacher_cache_dir unset."
-                )
+                needing.append((term.weight, self.setting(term.weight), internals))
+        if needing:
+            found = "; ".join(f"{name}={value} needs the teacher's {what}" for name, value, what in needing)
+            off = " and ".join(f"{name}=0" for name, _, _ in needing)
+            source = f" with recipe={self.recipe!r}" if self.recipe else ""
+            raise ValueError(
+                f"`teacher_cache_dir` caches the teacher's logits only, but {found}{source}: the teacher would "
+                f"run at every step anyway and the cache would save nothing. Set {off} to use the cache "
+                "(recipe='logits' distils the logits alone), or leave teacher_cache_dir unset."
+            )
 
     def _registered_term_settings(self) -> dict[str, Any]:
         """`term_settings` as a dict (the command line gives JSON), every key a setting of a registered term."""

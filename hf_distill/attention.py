@@ -93,7 +93,7 @@ def check_attention_interface(model: nn.Module) -> None:
     raise DistillationSettingError(
         f"{type(model).__name__} {reason}, outside transformers' attention interface, so its real attention maps "
         "and query/key/value states cannot be recorded. Set gamma=0 and relation_weight=0 to distil it with the "
-        "logit and hidden-state terms.",
+        "logit and hidden-state terms (recipe='logits' distils the logits alone).",
         ("gamma", "relation_weight"),
     )
 

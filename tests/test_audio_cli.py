@@ -89,8 +89,8 @@ def tones(tmp_path_factory):
 
 def test_tones_end_to_end_with_the_teacher_cache(tones, tmp_path, capsys):
     out = tmp_path / "out"
-    cache = tmp_path / "cache"  # the default recipe distils the logits alone: the teacher's can be cached
-    argv = options(tones["teacher"], tones["train"], tones["dev"], out, teacher_cache_dir=cache)
+    cache = tmp_path / "cache"  # the `logits` recipe needs only the teacher's logits: they can be cached
+    argv = options(tones["teacher"], tones["train"], tones["dev"], out, teacher_cache_dir=cache, recipe="logits")
     report = run_ok(argv, capsys, "accuracy", {"accuracy"})
     assert report["training"]["settings"]["gamma"] == 0 and len([p for p in cache.iterdir() if p.is_dir()]) == 1
     assert report["task"] == "audio-classification" and report["data"]["audio_column"] == "audio"

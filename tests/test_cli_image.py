@@ -129,15 +129,14 @@ def test_digits_end_to_end(digits, tmp_path, capsys):
 
 
 def test_augmentations_are_recorded_and_refuse_the_cache(digits, tmp_path, capsys):
-    argv = options(digits, tmp_path / "a", random_resized_crop="true", crop_min_scale=0.5, max_steps=2,
-                   eval_strategy="no", save_strategy="no", gamma=0.0)  # fmt: skip
-    code, err = run_cli(argv, capsys)
+    settings = dict(random_resized_crop="true", crop_min_scale=0.5, max_steps=2, eval_strategy="no",
+                    save_strategy="no", gamma=0.0, recipe="logits")  # fmt: skip
+    code, err = run_cli(options(digits, tmp_path / "a", **settings), capsys)
     assert code == 0, err
     record = load_distillation_config(tmp_path / "a")
     assert record.augmentation == {"images": {"random_resized_crop": {"scale": [0.5, 1.0], "ratio": [0.75, 4 / 3]},
                                               "horizontal_flip": False}}  # fmt: skip
-    code, err = run_cli(argv[:-2] + ["--output_dir", str(tmp_path / "b"), "--teacher_cache_dir",
-                                     str(tmp_path / "cache")], capsys)  # fmt: skip
+    code, err = run_cli(options(digits, tmp_path / "b", teacher_cache_dir=tmp_path / "cache", **settings), capsys)
     assert code == 2 and "--teacher_cache_dir=" in err and "--random_resized_crop" in err, err
 
 
@@ -185,7 +184,8 @@ def test_bad_input_is_refused_before_training(digits, tmp_path, capsys, case, ex
 def test_resume_with_the_teacher_cache(digits, tmp_path, capsys):
     """A run stopped at step 2 resumes to step 4 from its checkpoint; the teacher's logits come from the cache."""
     cache = tmp_path / "cache"
-    common = dict(gamma=0.0, teacher_cache_dir=cache, save_steps=2, eval_strategy="no", logging_steps=1)
+    common = dict(gamma=0.0, recipe="logits", teacher_cache_dir=cache, save_steps=2, eval_strategy="no",
+                  logging_steps=1)  # fmt: skip
     code, err = run_cli(options(digits, tmp_path / "o", max_steps=2, **common), capsys)
     assert code == 0, err
     assert len(list(cache.iterdir())) == 1  # one cached table, for this teacher and these images

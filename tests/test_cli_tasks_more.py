@@ -133,7 +133,7 @@ def test_multiple_choice_reads_a_list_column_named_by_the_flags(tmp_path, tokeni
     train, dev = write_jsonl(tmp_path / "t.jsonl", rows), write_jsonl(tmp_path / "d.jsonl", rows[:6])
     argv = options(teacher, train, dev, tmp_path / "out", text_column="story", label_column="answer",
                    text_pair_column="options", max_steps=1, eval_steps=1, teacher_cache_dir=str(tmp_path / "c"),
-                   gamma=0)  # fmt: skip
+                   recipe="logits")  # fmt: skip
     run_ok(argv, capsys, "multiple-choice", "accuracy", {"accuracy"})
     assert len(list((tmp_path / "c").iterdir())) == 1  # the teacher's choice logits were cached
 

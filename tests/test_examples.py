@@ -21,6 +21,8 @@ def check_recipe(model, data, run, training):
     assert training.student_num_layers == 6 and model.student_model_name_or_path is None
     assert (training.temperature, training.alpha, training.beta, training.gamma) == (4.0, 0.05, 0.45, 0.4)
     assert training.attention_loss == "mse" and training.layer_map is None  # default: [1, 3, 5, 7, 9, 11]
+    # the notebook's recipe, not the command's default: no term the notebook did not have
+    assert training.recipe == "seed" and training.relation_weight == 0 and training.hidden_weight == 0
     assert training.learning_rate == 2e-5 and training.per_device_train_batch_size == 32
     assert training.num_train_epochs == 3 and training.warmup_steps == 500 and training.weight_decay == 0.01
     assert training.max_grad_norm == 1.0 and training.eval_strategy == "steps" and training.eval_steps == 500

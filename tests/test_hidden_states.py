@@ -86,6 +86,10 @@ def test_different_widths_learn_a_projection_for_mse_and_are_refused_for_cosine(
         (dict(hidden_weight=-1.0), r"`hidden_weight` must be a finite number >= 0, got -1.0"),
         (dict(hidden_loss="l1"), r"`hidden_loss` must be one of mse, cosine, got 'l1'"),
         (dict(gamma=0.0, hidden_weight=1.0, teacher_cache_dir="c"), r"hidden_weight=1.0 needs the teacher's hidden"),
+        # every term the cache cannot serve is named at once, with the recipe that set them and the one that fits
+        (dict(recipe="recommended", teacher_cache_dir="c"),
+         r"gamma=1.0 needs the teacher's attention maps; relation_weight=1.0 needs the teacher's projections with "
+         r"recipe='recommended'.*Set gamma=0 and relation_weight=0 to use the cache \(recipe='logits'"),
     ],
 )
 def test_bad_hidden_settings_fail_in_post_init(tmp_path, overrides, message):

@@ -9,8 +9,11 @@ from hf_distill import DistillationArguments, DistillationTrainer, load_distilla
 
 # Written from the papers (see docs/losses.md), not from hf_distill/recipes.py.
 EXPECTED = {
-    # The quality study's best (docs/benchmarks.md): soft targets at T=2 alone.
-    "recommended": dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0, hidden_weight=0.0, relation_weight=0.0),
+    # The quality study's best (docs/benchmarks.md): MiniLM's attention KL and value relation, soft targets at T=1.
+    "recommended": dict(temperature=1.0, alpha=0.0, beta=1.0, gamma=1.0, attention_loss="kl", hidden_weight=0.0,
+                        relation_weight=1.0, relation_loss="value"),
+    # Its best from the logits alone: soft targets at T=2, no hard labels.
+    "logits": dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0, hidden_weight=0.0, relation_weight=0.0),
     "seed": dict(temperature=4.0, alpha=0.1, beta=0.5, gamma=0.4, attention_loss="mse", hidden_weight=0.0,
                  relation_weight=0.0),
     "hinton": dict(temperature=4.0, alpha=0.1, beta=0.9, gamma=0.0, hidden_weight=0.0, relation_weight=0.0),
@@ -71,14 +74,14 @@ def test_resume_compares_the_values_not_the_recipe_name(tmp_path):
     recorded = DistillationArguments(output_dir=str(tmp_path)).distillation_settings()  # recipe None: the seed's
     (tmp_path / "distillation_config.json").write_text(json.dumps(recorded))
     check_resumable(str(tmp_path), DistillationArguments(output_dir="x", recipe="seed").distillation_settings())
-    with pytest.raises(ValueError, match=r"temperature: checkpoint 4.0, now 2.0"):
+    with pytest.raises(ValueError, match=r"temperature: checkpoint 4.0, now 1.0"):
         check_resumable(
             str(tmp_path), DistillationArguments(output_dir="x", recipe="recommended").distillation_settings()
         )
 
 
 def test_unknown_recipe_is_refused_with_the_choices(tmp_path):
-    with pytest.raises(ValueError, match=r"`recipe` must be one of recommended, seed, hinton, distilbert, tinybert, "):
+    with pytest.raises(ValueError, match=r"`recipe` must be one of recommended, logits, seed, hinton, distilbert, "):
         DistillationArguments(output_dir=str(tmp_path), recipe="bert-of-theseus")
 
 

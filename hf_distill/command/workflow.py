@@ -321,9 +321,8 @@ def _trainer(trainer_class: type[DistillationTrainer], task: Task, student, teac
         settings = ", ".join(f"{n}={getattr(training_args, n)}" for n in names)
         recipe = f"--recipe {training_args.recipe}" if training_args.recipe else "the default recipe"
         raise DistillationSettingError(
-            f"{error} On the command line add {flags} ({recipe} sets {settings}); a {task.name} model without "
-            "separate query/key/value projections, or with rotary positions (GPT-2, Llama), is distilled from its "
-            "logits alone.",
+            f"{error} On the command line add {flags} ({recipe} sets {settings}), or use --recipe logits (the "
+            "quality study's best setting from the logits alone).",
             error.settings,
         ) from error
 

@@ -84,7 +84,8 @@ class ImageClassification(Task):
                 settings = ", ".join(f"{n}={v}" for n, v in wanted)
                 raise ValueError(
                     f"the {who}, a {type(model).__name__}, {problem}. {settings} compares the models' layers: set "
-                    f"{' and '.join(f'{n}=0' for n, _ in wanted)} to distil its logits (loss_ce, loss_kd)."
+                    f"{' and '.join(f'{n}=0' for n, _ in wanted)} to distil its logits (loss_ce, loss_kd), or use "
+                    "recipe='logits'."
                 )
 
     def output_terms(self, student, teacher, inputs, temperature, weights, training) -> tuple[Terms, Any]:
