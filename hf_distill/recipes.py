@@ -30,22 +30,19 @@ class Recipe(NamedTuple):
     settings: dict[str, Any]
 
 
+# MiniLM's terms for a task: attention KL and value-relation KL (last layer), plus soft CE at T=1, no hard labels.
+_MINILM: dict[str, Any] = dict(
+    temperature=1.0, alpha=0.0, beta=1.0, gamma=1.0, attention_loss="kl", relation_weight=1.0, relation_loss="value"
+)
+
 RECIPES: dict[str, Recipe] = {
     # What benchmarks/quality.py measured best on SST-2 (docs/benchmarks.md): MiniLM's terms (per-head attention KL,
     # value-relation KL) with soft targets at T=1 and no hard-label term, about three times the logits' gain. It
     # needs the teacher's attention at every step, so the teacher runs live (no teacher-output cache).
     "recommended": Recipe(
         "this library's quality study, docs/benchmarks.md#quality-on-sst-2-distilled-against-fine-tuned-alone",
-        dict(
-            temperature=1.0,
-            alpha=0.0,
-            beta=1.0,
-            gamma=1.0,
-            attention_loss="kl",
-            relation_weight=1.0,
-            relation_loss="value",
-        ),
-    ),  # fmt: skip
+        dict(_MINILM),
+    ),
     # The same study's best setting from the logits alone (soft targets at T=2, no hard labels): for models whose
     # attention cannot be recorded or compared, and with the teacher-output cache (a step then costs a student step).
     "logits": Recipe(
@@ -83,16 +80,8 @@ RECIPES: dict[str, Recipe] = {
     # Attention KL and value-relation KL (last layer), plus soft CE at T=1.
     "minilm": Recipe(
         "Wang et al., 2020, https://arxiv.org/abs/2002.10957",
-        dict(
-            temperature=1.0,
-            alpha=0.0,
-            beta=1.0,
-            gamma=1.0,
-            attention_loss="kl",
-            relation_weight=1.0,
-            relation_loss="value",
-        ),
-    ),  # fmt: skip
+        dict(_MINILM),
+    ),
     # Q-Q, K-K and V-V self-relation KL over relation heads (last layer), plus soft CE at T=1.
     "minilmv2": Recipe(
         "Wang et al., 2021, https://arxiv.org/abs/2012.15828",
