@@ -164,6 +164,7 @@ def test_convnext_distils_its_logits_and_refuses_layer_terms(tmp_path):
             trainer_for(student, teacher, tmp_path, **setting)
         name, value = next(iter(setting.items()))
         assert f"{name}={value}" in str(error.value) and f"{name}=0" in str(error.value)
+        assert "recipe='logits'" in str(error.value)  # the recipe that needs only the logits
     trainer = trainer_for(student, teacher, tmp_path)
     trainer.train()
     logged = next(e for e in trainer.state.log_history if "loss" in e)

@@ -161,6 +161,7 @@ def test_refused_term_names_its_settings_and_the_command_turns_them_into_flags(t
     with pytest.raises(DistillationSettingError, match="relative position attention") as info:
         DistillationTrainer(model=deberta(1), teacher_model=deberta(2), args=args)
     assert info.value.settings == ("gamma", "relation_weight") and info.value.setting == "gamma"
+    assert "recipe='logits'" in str(info.value)  # the recipe that needs only the logits
 
     class Data:  # what `_trainer` reads of the prepared data and the metrics
         train = evaluation = collator = preprocess = None
@@ -169,4 +170,5 @@ def test_refused_term_names_its_settings_and_the_command_turns_them_into_flags(t
         student, teacher = deberta(1), deberta(2)
         _trainer(DistillationTrainer, SEQUENCE_CLASSIFICATION, student, teacher, args, Data(), None, metrics=Data())
     message = str(info.value)
+    assert "or use --recipe logits" in message
     assert "On the command line add --gamma 0 (" in message and "--relation_weight" not in message  # only what is on
