@@ -27,7 +27,7 @@ from transformers import (
     GPT2LMHeadModel,
 )
 
-from hf_distill import load_training_history
+from hf_distill import load_distillation_config, load_training_history
 from hf_distill.task_metrics import entity_scores, get_entities, squad_exact_match, squad_f1
 
 pytestmark = pytest.mark.usefixtures("one_thread")  # conftest.py: tiny models on one thread
@@ -430,6 +430,17 @@ def test_causal_lm_with_the_attention_term_trains_on_gpt2(assets, tmp_path, caps
     run_ok(options(assets, "gpt2", "text_train", "text_dev", out, recipe="seed", max_steps=2, eval_steps=2), capsys,
            "accuracy", {"accuracy", "perplexity"})  # fmt: skip
     assert all(entry["loss_attn"] > 0 for entry in load_training_history(out)["train"])
+
+
+def test_causal_lm_with_the_default_recipe_trains_every_term_on_gpt2(assets, tmp_path, capsys):
+    # docs/cli.md's causal-lm command: no loss flags, so `recommended` adds attention KL and the value relation
+    out = tmp_path / "o"
+    run_ok(options(assets, "gpt2", "text_train", "text_dev", out, max_steps=2, eval_steps=2), capsys, "accuracy",
+           {"accuracy", "perplexity"})  # fmt: skip
+    record = load_distillation_config(out)
+    assert record.recipe == "recommended" and record.attention_loss == "kl" and record.relation_loss == "value"
+    for entry in load_training_history(out)["train"]:
+        assert entry["loss_attn"] > 0 and entry["loss_relation"] > 0 and "loss_ce" in entry
 
 
 def test_language_models_take_no_label_column(assets, tmp_path, capsys):
