@@ -93,6 +93,10 @@ ARMS: dict[str, dict[str, Any]] = {
     "kd_augment4": dict(
         kind="kd", lr=KD_LR, augment=4, settings=dict(temperature=2.0, alpha=0.0, beta=1.0, gamma=0.0)
     ),
+    # Levers, one at a time against MiniLM's recipe (the small scale's best): temperature, learning rate, transfer set.
+    "minilm_t2": dict(kind="kd", lr=KD_LR, settings=dict(recipe="minilm", temperature=2.0)),
+    "minilm_lr2e-4": dict(kind="kd", lr=2e-4, settings=dict(recipe="minilm")),
+    "minilm_augment1": dict(kind="kd", lr=KD_LR, augment=1, settings=dict(recipe="minilm")),
 }
 DEFAULT_ARMS = ["ce_lr3e-5", "ce_lr1e-4", "ce_lr2e-4", "seed", "kd_alone", "recipe_hinton", "kd_augment2",
                 "recipe_distilbert", "recipe_tinybert", "recipe_minilm", "recipe_minilmv2"]  # fmt: skip
