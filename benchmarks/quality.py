@@ -114,6 +114,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fraction of the training set the students draw from: a fixed sample, the same for every "
                              "arm and seed (with --epochs at most this fraction, each row is seen at most once, as "
                              "with the full set; a smaller set makes the teacher-output cache cheaper)")  # fmt: skip
+    parser.add_argument("--split-teacher", action="store_true",
+                        help="fine-tune the teacher on a fixed half of the training rows and let the students "
+                             "draw from the other half only: its targets on their rows are not memorised")  # fmt: skip
     parser.add_argument("--teacher-max-epochs", type=float, default=2.0)
     parser.add_argument("--teacher-patience", type=int, default=2, help="evaluations without gain before stopping")
     parser.add_argument("--results", default=None, help="results file stem (default quality_study_<scale>)")
@@ -196,6 +199,8 @@ def teacher_cache(opts, data_key: str) -> tuple[dict, str, Path]:
         eval_steps=scale["teacher_eval_steps"], patience=opts.teacher_patience, max_epochs=opts.teacher_max_epochs,
         data=data_key, quick=opts.quick, seed=0,
     )  # fmt: skip
+    if opts.split_teacher:  # only then: the caches of teachers fine-tuned on every row keep their keys
+        settings["rows"] = "first half of a seed-0 permutation"
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return settings, key, _common.CACHE_DIR / f"teacher_{opts.scale}_{key}"
 
@@ -249,6 +254,16 @@ def converged_teacher(opts, train, val, collator, tokenizer, data_key: str):
     shutil.rmtree(work, ignore_errors=True)
     print(f"teacher: {info['val_accuracy']:.4f} after {info['steps_run']} steps, best {info['best_checkpoint']}")
     return teacher, info
+
+
+def disjoint_halves(train):
+    """(teacher's rows, students' rows): the two halves of a fixed permutation (seed 0) of the training set."""
+    import random
+
+    order = list(range(len(train)))
+    random.Random(0).shuffle(order)
+    middle = len(order) // 2
+    return train.select(sorted(order[:middle])), train.select(sorted(order[middle:]))
 
 
 def student_rows(train, fraction: float):
@@ -327,8 +342,9 @@ def run_arm(name: str, seed: int, teacher, data: dict, opts) -> dict:
     steps = data["steps"]
     train = data["train"]
     if arm.get("augment"):
-        if opts.student_rows < 1:
-            sys.exit(f"arm {name}: the transfer set is built from the whole training set; drop --student-rows")
+        if opts.student_rows < 1 or opts.split_teacher:
+            sys.exit(f"arm {name}: the transfer set is built from every training row; drop --student-rows and "
+                     "--split-teacher")  # fmt: skip
         train = transfer_set(data["train"], data["tokenizer"], teacher, arm["augment"], opts, data["key"])
     # (fraction of the steps, settings or None for CE only) per stage
     stages = arm.get("stages") or [(1.0, None if arm["kind"] == "ce" else arm["settings"])]
@@ -527,15 +543,18 @@ def main(argv: list[str] | None = None) -> None:
     val = _common.tokenized_sst2(tokenizer, "validation", opts.max_length, limit=300 if opts.quick else None)
     collator = DataCollatorWithPadding(tokenizer)
     data_key = file_digest(sst2 / "train.tsv", sst2 / "validation.tsv")
-    teacher, teacher_info = converged_teacher(opts, train, val, collator, tokenizer, data_key)
+    teacher_train, students_pool = disjoint_halves(train) if opts.split_teacher else (train, train)
+    teacher, teacher_info = converged_teacher(opts, teacher_train, val, collator, tokenizer, data_key)
     teacher.eval()
     steps = max(1, round(opts.epochs * len(train) / opts.batch_size)) if not opts.quick else 20
-    student_train = student_rows(train, opts.student_rows)
+    student_train = student_rows(students_pool, opts.student_rows)
+    if steps * opts.batch_size > len(student_train) and opts.split_teacher:
+        print(f"note: {steps} steps of {opts.batch_size} revisit the students' {len(student_train)} rows", flush=True)
     meta = {
         "machine": info, "scale": opts.scale, "student_layers": SCALES[opts.scale]["student_layers"],
         "teacher": teacher_info, "validation_rows": len(val), "train_rows": len(train), "steps": steps,
         "epochs": opts.epochs, "batch_size": opts.batch_size, "max_length": opts.max_length,
-        "student_rows": len(student_train),
+        "student_rows": len(student_train), "split_teacher": opts.split_teacher, "teacher_rows": len(teacher_train),
         "student_before": accuracy(_common.student_from_layers(teacher, SCALES[opts.scale]["student_layers"]),
                                    val, collator),
     }  # fmt: skip
