@@ -56,7 +56,7 @@ MPNET_DIR = Path.home() / ".cache" / "all-mpnet-base-v2" / "all-mpnet-base-v2"
 
 KD_LR = 1e-4
 ARMS: dict[str, dict[str, Any]] = {
-    **{f"ce_lr{name}": dict(kind="ce", lr=float(name)) for name in ("3e-5", "5e-5", "1e-4", "2e-4")},
+    **{f"ce_lr{name}": dict(kind="ce", lr=float(name)) for name in ("3e-5", "5e-5", "1e-4", "2e-4", "4e-4")},
     # A control, not a baseline: cross-entropy against labels smoothed by 0.1. On two classes the teacher's softened
     # targets differ from the labels mostly by a per-row confidence, so this asks whether KD's gain is only that.
     "ls0.1_lr2e-4": dict(kind="ce", lr=2e-4, label_smoothing=0.1),
