@@ -39,6 +39,20 @@ def test_student_rows_is_a_fixed_sorted_sample():
         quality.student_rows(train, 1.5)
 
 
+def test_split_teacher_halves_are_disjoint_fixed_and_keyed_apart():
+    train = Dataset.from_dict({"i": list(range(101))})
+    teacher_rows, student_rows = quality.disjoint_halves(train)
+    teacher_ids, student_ids = list(teacher_rows["i"]), list(student_rows["i"])
+    assert (len(teacher_ids), len(student_ids)) == (50, 51)
+    assert not set(teacher_ids) & set(student_ids) and sorted(teacher_ids + student_ids) == list(range(101))
+    assert teacher_ids != list(range(50))  # shuffled, not the file's first half
+    assert list(quality.disjoint_halves(train)[0]["i"]) == teacher_ids  # the same split every run
+    plain = quality.teacher_cache(quality.parse_args([]), "data")
+    split = quality.teacher_cache(quality.parse_args(["--split-teacher"]), "data")
+    assert "rows" not in plain[0] and split[0]["rows"]  # teachers fine-tuned on every row keep their cache keys
+    assert plain[1] != split[1] and plain[2] != split[2]
+
+
 def test_label_smoothing_arm_is_a_control_not_the_baseline(tmp_path):
     opts = quality.parse_args(["--arms", "ce_lr2e-4"])
     assert quality.training_args(tmp_path, 5, opts, 0, quality.ARMS["ls0.1_lr2e-4"])["label_smoothing_factor"] == 0.1
