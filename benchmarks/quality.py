@@ -116,7 +116,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "with the full set; a smaller set makes the teacher-output cache cheaper)")  # fmt: skip
     parser.add_argument("--split-teacher", action="store_true",
                         help="fine-tune the teacher on a fixed half of the training rows and let the students "
-                             "draw from the other half only: its targets on their rows are not memorised")  # fmt: skip
+                             "draw from the other half only, so that it has not fitted their rows (the halves split "
+                             "rows, not sentences: phrases of one sentence can fall in both)")  # fmt: skip
     parser.add_argument("--teacher-max-epochs", type=float, default=2.0)
     parser.add_argument("--teacher-patience", type=int, default=2, help="evaluations without gain before stopping")
     parser.add_argument("--results", default=None, help="results file stem (default quality_study_<scale>)")
@@ -257,7 +258,8 @@ def converged_teacher(opts, train, val, collator, tokenizer, data_key: str):
 
 
 def disjoint_halves(train):
-    """(teacher's rows, students' rows): the two halves of a fixed permutation (seed 0) of the training set."""
+    """(teacher's rows, students' rows): the two halves of a fixed permutation (seed 0) of the training set. Rows,
+    not sentences: most rows are phrases, and a phrase and its parent sentence can land in different halves."""
     import random
 
     order = list(range(len(train)))

@@ -71,21 +71,25 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"no trained teacher at {folder}: run benchmarks/quality.py with the same options first.")
     tokenizer = AutoTokenizer.from_pretrained(quality.pretrained_path(opts.scale))
     train = _common.tokenized_sst2(tokenizer, "train", opts.max_length)
-    sample = quality.student_rows(train, opts.student_rows)
+    teacher_rows, pool = quality.disjoint_halves(train) if opts.split_teacher else (train, train)
+    sample = quality.student_rows(pool, opts.student_rows)
     sample = sample.select(range(min(rows, len(sample))))
+    splits = [("train rows", sample)]  # the rows the students draw from
+    if opts.split_teacher:  # beside them, the half the teacher was fine-tuned on
+        splits.append(("teacher's own rows", teacher_rows.select(range(min(rows, len(teacher_rows))))))
     val = _common.tokenized_sst2(tokenizer, "validation", opts.max_length)
     teacher = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     collator = DataCollatorWithPadding(tokenizer)
     result = {"scale": opts.scale, "teacher": str(folder.relative_to(_common.ROOT)), "machine": _common.machine_info()}
     table = []
-    for split, dataset in (("train rows", sample), ("validation", val)):
+    for split, dataset in (*splits, ("validation", val)):
         logits, labels = teacher_logits(teacher, dataset, collator)
         for temperature in (1.0, 2.0):
             row = {"split": split, "rows": len(labels), "T": temperature, **signal(logits, labels, temperature)}
             table.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
     result["rows"] = table
     _common.print_table(table, list(table[0]))
-    _common.write_results(f"teacher_signal_{opts.scale}", result)
+    _common.write_results(f"teacher_signal_{opts.scale}" + ("_split" if opts.split_teacher else ""), result)
 
 
 if __name__ == "__main__":
