@@ -16,6 +16,7 @@ the validation set, at T = 1 and at the recommended T = 2:
 Commands (repository root; pass the teacher options the study used, e.g. `--teacher-max-epochs 0.6` for mpnet):
 
     python benchmarks/teacher_signal.py --scale mpnet --teacher-max-epochs 0.6 --student-rows 0.25
+    python benchmarks/teacher_signal.py --scale small --split-teacher   # also scores the teacher's own half
 """
 
 from __future__ import annotations
