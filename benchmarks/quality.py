@@ -550,7 +550,7 @@ def main(argv: list[str] | None = None) -> None:
     teacher.eval()
     steps = max(1, round(opts.epochs * len(train) / opts.batch_size)) if not opts.quick else 20
     student_train = student_rows(students_pool, opts.student_rows)
-    if steps * opts.batch_size > len(student_train) and opts.split_teacher:
+    if steps * opts.batch_size > len(student_train):  # a smaller pool (--student-rows, --split-teacher) is revisited
         print(f"note: {steps} steps of {opts.batch_size} revisit the students' {len(student_train)} rows", flush=True)
     meta = {
         "machine": info, "scale": opts.scale, "student_layers": SCALES[opts.scale]["student_layers"],

@@ -73,11 +73,13 @@ def main(argv: list[str] | None = None) -> None:
     tokenizer = AutoTokenizer.from_pretrained(quality.pretrained_path(opts.scale))
     train = _common.tokenized_sst2(tokenizer, "train", opts.max_length)
     teacher_rows, pool = quality.disjoint_halves(train) if opts.split_teacher else (train, train)
-    sample = quality.student_rows(pool, opts.student_rows)
-    sample = sample.select(range(min(rows, len(sample))))
-    splits = [("train rows", sample)]  # the rows the students draw from
+
+    def first_rows(dataset):
+        return dataset.select(range(min(rows, len(dataset))))
+
+    splits = [("train rows", first_rows(quality.student_rows(pool, opts.student_rows)))]  # what the students draw from
     if opts.split_teacher:  # beside them, the half the teacher was fine-tuned on
-        splits.append(("teacher's own rows", teacher_rows.select(range(min(rows, len(teacher_rows))))))
+        splits.append(("teacher's own rows", first_rows(teacher_rows)))
     val = _common.tokenized_sst2(tokenizer, "validation", opts.max_length)
     teacher = AutoModelForSequenceClassification.from_pretrained(folder).eval()
     collator = DataCollatorWithPadding(tokenizer)
