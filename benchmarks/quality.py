@@ -21,11 +21,13 @@ asked for again: an interrupted study resumes where it stopped. Commands (reposi
     python benchmarks/quality.py --summary                     # table + plot from the results file, no training
     python benchmarks/quality.py --quick                       # smoke run: tiny budgets, a separate results file
     nice -n 19 python benchmarks/quality.py --scale mpnet --seeds 0 --arms ce_lr5e-5 seed_logits recommended
+    nice -n 19 python benchmarks/quality.py --split-teacher sentences --results quality_study_small_split_sentences
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import hashlib
 import json
 import math
@@ -114,10 +116,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="fraction of the training set the students draw from: a fixed sample, the same for every "
                              "arm and seed (with --epochs at most this fraction, each row is seen at most once, as "
                              "with the full set; a smaller set makes the teacher-output cache cheaper)")  # fmt: skip
-    parser.add_argument("--split-teacher", action="store_true",
-                        help="fine-tune the teacher on a fixed half of the training rows and let the students "
-                             "draw from the other half only, so that it has not fitted their rows (the halves split "
-                             "rows, not sentences: phrases of one sentence can fall in both)")  # fmt: skip
+    parser.add_argument("--split-teacher", nargs="?", const="rows", choices=["rows", "sentences"], default=None,
+                        help="fine-tune the teacher on a fixed half of the training set and let the students draw "
+                             "from the other half only, so that it has not fitted their rows: 'rows' (the default) "
+                             "halves the rows, so phrases of one sentence fall in both halves; 'sentences' halves "
+                             "whole sentences, each phrase going with a sentence that contains it")  # fmt: skip
     parser.add_argument("--teacher-max-epochs", type=float, default=2.0)
     parser.add_argument("--teacher-patience", type=int, default=2, help="evaluations without gain before stopping")
     parser.add_argument("--results", default=None, help="results file stem (default quality_study_<scale>)")
@@ -201,7 +204,7 @@ def teacher_cache(opts, data_key: str) -> tuple[dict, str, Path]:
         data=data_key, quick=opts.quick, seed=0,
     )  # fmt: skip
     if opts.split_teacher:  # only then: the caches of teachers fine-tuned on every row keep their keys
-        settings["rows"] = "first half of a seed-0 permutation"
+        settings["rows"] = SPLIT_ROWS[opts.split_teacher]
     key = hashlib.sha256(json.dumps(settings, sort_keys=True).encode()).hexdigest()[:12]
     return settings, key, _common.CACHE_DIR / f"teacher_{opts.scale}_{key}"
 
@@ -257,15 +260,69 @@ def converged_teacher(opts, train, val, collator, tokenizer, data_key: str):
     return teacher, info
 
 
-def disjoint_halves(train):
-    """(teacher's rows, students' rows): the two halves of a fixed permutation (seed 0) of the training set. Rows,
-    not sentences: most rows are phrases, and a phrase and its parent sentence can land in different halves."""
+SPLIT_ROWS = {"rows": "first half of a seed-0 permutation",  # the key of the first split teacher, kept
+              "sentences": "whole sentences, first half of a seed-0 permutation"}
+
+
+def disjoint_halves(train, sentences: list[str] | None = None):
+    """(teacher's rows, students' rows) of `train`, each in file order: see `half_indices`."""
+    mine, theirs = half_indices(len(train), sentences)
+    return train.select(mine), train.select(theirs)
+
+
+def half_indices(count: int, sentences: list[str] | None = None) -> tuple[list[int], list[int]]:
+    """(teacher's, students') row indices. Without `sentences`: the two halves of a fixed permutation (seed 0) of
+    the rows, so a phrase and its parent sentence can land in different halves. With the rows' `sentences`: whole
+    sentence groups (see `sentence_groups`) go to the teacher, in a fixed permutation (seed 0), until it holds half
+    the rows; the students get the other groups."""
     import random
 
-    order = list(range(len(train)))
-    random.Random(0).shuffle(order)
-    middle = len(order) // 2
-    return train.select(sorted(order[:middle])), train.select(sorted(order[middle:]))
+    if sentences is None:
+        order = list(range(count))
+        random.Random(0).shuffle(order)
+        return sorted(order[: count // 2]), sorted(order[count // 2 :])
+    group = sentence_groups(sentences)
+    sizes = collections.Counter(group)
+    roots = sorted(sizes)
+    random.Random(0).shuffle(roots)
+    teachers, held = set(), 0
+    for root in roots:
+        if held >= count / 2:
+            break
+        teachers.add(root)
+        held += sizes[root]
+    return [i for i, r in enumerate(group) if r in teachers], [i for i, r in enumerate(group) if r not in teachers]
+
+
+def phrase_spans(text: str, wanted) -> set[str]:
+    """The word spans of `text` that are in `wanted` (SST-2 phrases are word spans of their sentence)."""
+    words = text.split()
+    spans = (" ".join(words[a:b]) for a in range(len(words)) for b in range(a + 1, len(words) + 1))
+    return {span for span in spans if span in wanted}
+
+
+def sentence_groups(sentences: list[str]) -> list[int]:
+    """For each row, the index of a full sentence (a row inside no longer row) that contains it; a full sentence is
+    its own group. A phrase inside several sentences goes with the longest (then the first) of them."""
+    texts = [s.strip() for s in sentences]
+    wanted = set(texts)
+    owner: dict[str, int] = {}
+    group = list(range(len(texts)))
+    for i in sorted(range(len(texts)), key=lambda i: (-len(texts[i].split()), i)):
+        if texts[i] in owner:
+            group[i] = owner[texts[i]]
+        else:  # a full sentence: its phrases join it unless a longer sentence holds them already
+            for span in phrase_spans(texts[i], wanted):
+                owner.setdefault(span, i)
+    return group
+
+
+def inside_share(outer: list[str], inner: list[str]) -> float:
+    """The share of `inner`'s rows whose text is a word span of some row of `outer` (how much of one half the other
+    half's training has seen, as whole rows or inside longer ones)."""
+    wanted = {s.strip() for s in inner}
+    seen = set().union(*(phrase_spans(s.strip(), wanted) for s in outer)) if outer else set()
+    return sum(s.strip() in seen for s in inner) / max(1, len(inner))
 
 
 def student_rows(train, fraction: float):
@@ -345,8 +402,8 @@ def run_arm(name: str, seed: int, teacher, data: dict, opts) -> dict:
     train = data["train"]
     if arm.get("augment"):
         if opts.student_rows < 1 or opts.split_teacher:
-            sys.exit(f"arm {name}: the transfer set is built from every training row; drop --student-rows and "
-                     "--split-teacher")  # fmt: skip
+            sys.exit(f"arm {name}: the transfer set is built from every training row; drop --student-rows "
+                     f"{opts.student_rows} and --split-teacher {opts.split_teacher}")  # fmt: skip
         train = transfer_set(data["train"], data["tokenizer"], teacher, arm["augment"], opts, data["key"])
     # (fraction of the steps, settings or None for CE only) per stage
     stages = arm.get("stages") or [(1.0, None if arm["kind"] == "ce" else arm["settings"])]
@@ -545,7 +602,14 @@ def main(argv: list[str] | None = None) -> None:
     val = _common.tokenized_sst2(tokenizer, "validation", opts.max_length, limit=300 if opts.quick else None)
     collator = DataCollatorWithPadding(tokenizer)
     data_key = file_digest(sst2 / "train.tsv", sst2 / "validation.tsv")
-    teacher_train, students_pool = disjoint_halves(train) if opts.split_teacher else (train, train)
+    teacher_train, students_pool, seen = train, train, 1.0
+    if opts.split_teacher:
+        sentences = _common.read_sst2("train", limit)["sentence"]
+        mine, theirs = half_indices(len(train), sentences if opts.split_teacher == "sentences" else None)
+        teacher_train, students_pool = train.select(mine), train.select(theirs)
+        seen = inside_share([sentences[i] for i in mine], [sentences[i] for i in theirs])
+        print(f"split by {opts.split_teacher}: {100 * seen:.1f}% of the students' rows occur in the teacher's rows, "
+              "whole or inside a longer one", flush=True)  # fmt: skip
     teacher, teacher_info = converged_teacher(opts, teacher_train, val, collator, tokenizer, data_key)
     teacher.eval()
     steps = max(1, round(opts.epochs * len(train) / opts.batch_size)) if not opts.quick else 20
@@ -557,6 +621,7 @@ def main(argv: list[str] | None = None) -> None:
         "teacher": teacher_info, "validation_rows": len(val), "train_rows": len(train), "steps": steps,
         "epochs": opts.epochs, "batch_size": opts.batch_size, "max_length": opts.max_length,
         "student_rows": len(student_train), "split_teacher": opts.split_teacher, "teacher_rows": len(teacher_train),
+        "student_rows_seen_by_teacher": seen,
         "student_before": accuracy(_common.student_from_layers(teacher, SCALES[opts.scale]["student_layers"]),
                                    val, collator),
     }  # fmt: skip

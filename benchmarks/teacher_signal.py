@@ -17,6 +17,7 @@ Commands (repository root; pass the teacher options the study used, e.g. `--teac
 
     python benchmarks/teacher_signal.py --scale mpnet --teacher-max-epochs 0.6 --student-rows 0.25
     python benchmarks/teacher_signal.py --scale small --split-teacher   # also scores the teacher's own half
+    python benchmarks/teacher_signal.py --scale small --split-teacher sentences
 """
 
 from __future__ import annotations
@@ -72,7 +73,10 @@ def main(argv: list[str] | None = None) -> None:
         sys.exit(f"no trained teacher at {folder}: run benchmarks/quality.py with the same options first.")
     tokenizer = AutoTokenizer.from_pretrained(quality.pretrained_path(opts.scale))
     train = _common.tokenized_sst2(tokenizer, "train", opts.max_length)
-    teacher_rows, pool = quality.disjoint_halves(train) if opts.split_teacher else (train, train)
+    teacher_rows, pool = train, train
+    if opts.split_teacher:  # the halves quality.py trained on
+        sentences = _common.read_sst2("train")["sentence"] if opts.split_teacher == "sentences" else None
+        teacher_rows, pool = quality.disjoint_halves(train, sentences)
 
     def first_rows(dataset):
         return dataset.select(range(min(rows, len(dataset))))
@@ -92,7 +96,8 @@ def main(argv: list[str] | None = None) -> None:
             table.append({k: round(v, 4) if isinstance(v, float) else v for k, v in row.items()})
     result["rows"] = table
     _common.print_table(table, list(table[0]))
-    _common.write_results(f"teacher_signal_{opts.scale}" + ("_split" if opts.split_teacher else ""), result)
+    suffix = {None: "", "rows": "_split", "sentences": "_split_sentences"}[opts.split_teacher]
+    _common.write_results(f"teacher_signal_{opts.scale}{suffix}", result)
 
 
 if __name__ == "__main__":

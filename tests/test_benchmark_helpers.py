@@ -53,6 +53,55 @@ def test_split_teacher_halves_are_disjoint_fixed_and_keyed_apart():
     assert plain[1] != split[1] and plain[2] != split[2]
 
 
+# SST-2-like rows (lower-cased words, GLUE's trailing space): three full sentences and their phrases; "the film"
+# is a phrase of two sentences, "is" a phrase of all three.
+PHRASE_ROWS = ["the film is good ", "the film ", "is good ", "the film is a bore ", "a bore ", "is ", "good ",
+               "it is not the film ", "not the film ", "the film is "]  # fmt: skip
+
+
+def contains(outer: str, inner: str) -> bool:  # the reference: a word span, by padded substring search
+    return f" {inner.strip()} " in f" {outer.strip()} "
+
+
+def test_sentence_groups_put_each_phrase_with_a_full_sentence_containing_it():
+    group = quality.sentence_groups(PHRASE_ROWS)
+    full = [i for i, s in enumerate(PHRASE_ROWS) if not any(contains(t, s) for t in PHRASE_ROWS if t != s)]
+    assert full == [0, 3, 7]
+    assert sorted(set(group)) == full  # every group is a full sentence, and every full sentence is its own group
+    for i, root in enumerate(group):
+        assert contains(PHRASE_ROWS[root], PHRASE_ROWS[i])
+    assert group[1] == 3 and group[5] == 3  # shared phrases go with the longest containing sentence
+    assert group[8] == 7 and group[6] == 0  # a phrase of one sentence only goes with it
+
+
+def test_sentence_halves_keep_whole_sentences_together():
+    # 30 copies with no word in common (suffix k on every word), so the groups are 30 x 3 sentences
+    rows = [" ".join(f"{w}{k}" for w in s.split()) + " " for k in range(30) for s in PHRASE_ROWS]
+    group = quality.sentence_groups(rows)
+    teacher_ids, student_ids = quality.half_indices(len(rows), rows)
+    assert not set(teacher_ids) & set(student_ids) and sorted(teacher_ids + student_ids) == list(range(len(rows)))
+    assert not {group[i] for i in teacher_ids} & {group[i] for i in student_ids}  # no sentence straddles the halves
+    assert abs(len(teacher_ids) - len(rows) / 2) <= 5  # about half the rows (a group holds at most 5)
+    assert quality.half_indices(len(rows), rows) == (teacher_ids, student_ids)  # the same split every run
+    teacher_rows, student_rows = [rows[i] for i in teacher_ids], [rows[i] for i in student_ids]
+    seen = [r for r in student_rows if any(contains(t, r) for t in teacher_rows)]
+    assert quality.inside_share(teacher_rows, student_rows) == pytest.approx(len(seen) / len(student_rows))
+    full = [rows[i] for i in set(group)]
+    assert seen and all(sum(contains(f, r) for f in full) >= 2 for r in seen)  # only phrases that sentences share
+    by_row = quality.half_indices(len(rows))
+    row_share = quality.inside_share([rows[i] for i in by_row[0]], [rows[i] for i in by_row[1]])
+    assert row_share > 2 * len(seen) / len(student_rows)  # a row split leaves the teacher far more of their rows
+    keys = {quality.teacher_cache(quality.parse_args(a), "data")[1]
+            for a in ([], ["--split-teacher"], ["--split-teacher", "sentences"])}  # fmt: skip
+    assert len(keys) == 3
+    assert quality.parse_args(["--split-teacher"]).split_teacher == "rows"  # the first split's flag keeps its meaning
+
+
+def test_inside_share_counts_rows_seen_whole_or_inside_a_longer_row():
+    assert quality.inside_share(["a b c ", "d "], ["b c ", "c a ", "a b c ", "d ", "e "]) == pytest.approx(3 / 5)
+    assert quality.inside_share([], ["a "]) == 0
+
+
 def test_label_smoothing_arm_is_a_control_not_the_baseline(tmp_path):
     opts = quality.parse_args(["--arms", "ce_lr2e-4"])
     assert quality.training_args(tmp_path, 5, opts, 0, quality.ARMS["ls0.1_lr2e-4"])["label_smoothing_factor"] == 0.1
