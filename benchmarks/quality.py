@@ -118,7 +118,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                              "with the full set; a smaller set makes the teacher-output cache cheaper)")  # fmt: skip
     parser.add_argument("--split-teacher", nargs="?", const="rows", choices=["rows", "sentences"], default=None,
                         help="fine-tune the teacher on a fixed half of the training set and let the students draw "
-                             "from the other half only, so that it has not fitted their rows: 'rows' (the default) "
+                             "from the other half only, so that it has not fitted their rows: 'rows' (the flag alone) "
                              "halves the rows, so phrases of one sentence fall in both halves; 'sentences' halves "
                              "whole sentences, each phrase going with a sentence that contains it")  # fmt: skip
     parser.add_argument("--teacher-max-epochs", type=float, default=2.0)
