@@ -321,7 +321,7 @@ def inside_share(outer: list[str], inner: list[str]) -> float:
     """The share of `inner`'s rows whose text is a word span of some row of `outer` (how much of one half the other
     half's training has seen, as whole rows or inside longer ones)."""
     wanted = {s.strip() for s in inner}
-    seen = set().union(*(phrase_spans(s.strip(), wanted) for s in outer)) if outer else set()
+    seen = set().union(*(phrase_spans(s.strip(), wanted) for s in outer))
     return sum(s.strip() in seen for s in inner) / max(1, len(inner))
 
 
