@@ -129,3 +129,24 @@ def test_gap_closed_compares_an_arm_with_ce_on_the_same_seeds():
     assert math.isnan(row["diff_se"]) and row["retention"] == pytest.approx(0.87 / 0.90)
     assert {r["arm"]: r for r in rows}["ce_lr2e-4"]["gap_closed"] == pytest.approx(0.0)
     assert [r["arm"] for r in rows] == ["kd_seed_one", "kd_one_seed", "ce_lr2e-4"]  # by paired gain, not by mean
+
+
+@pytest.mark.parametrize("arm", ["ce_lr2e-4", "ce_lr2e-4_cosine", "minilm_cosine"])
+def test_schedule_arms_follow_their_schedule(tmp_path, arm):
+    from transformers import TrainingArguments
+    from transformers.optimization import get_scheduler
+
+    opts = quality.parse_args(["--arms", arm])
+    settings = quality.ARMS[arm]
+    args = TrainingArguments(**quality.training_args(tmp_path, 100, opts, 0, settings))
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=args.learning_rate)
+    warmup = args.get_warmup_steps(100)
+    scheduler = get_scheduler(args.lr_scheduler_type, optimizer, num_warmup_steps=warmup, num_training_steps=100)
+    for _ in range(30):
+        optimizer.step()
+        scheduler.step()
+    progress = (30 - 6) / (100 - 6)  # 6% warmup of 100 steps, then the decay
+    cosine = settings["lr"] * 0.5 * (1 + math.cos(math.pi * progress))
+    linear = settings["lr"] * (1 - progress)
+    assert warmup == 6 and cosine - linear > 0.1 * settings["lr"]  # a step where the two schedules differ
+    assert scheduler.get_last_lr()[0] == pytest.approx(cosine if arm.endswith("cosine") else linear)
